@@ -1,0 +1,85 @@
+"""At every validation: listen to the model. Logs prime|continuation audio and spectrograms.
+
+The primes are fixed val clips (the same every time, so TensorBoard shows progress on the same
+material); the continuation is generated exactly as `generate.py` would, at the model's rate.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import soundfile as sf
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from lofibeats.audio.spectrogram import spectrogram_figure
+from lofibeats.generation.longform import generate_long
+
+
+class AudioSamples(pl.Callback):
+    """Generate `seconds` after each of `n_primes` val primes; log audio + spectrogram; save wavs.
+
+    `samples_dir` (the run's `samples/`) receives the latest takes as WAV files.
+    """
+
+    def __init__(
+        self,
+        n_primes: int = 2,
+        prime_seconds: float = 1.0,
+        seconds: float = 1.0,
+        temperature: float = 1.0,
+        seed: int = 0,
+        samples_dir: str | Path | None = None,
+    ):
+        self.n_primes = n_primes
+        self.prime_seconds = prime_seconds
+        self.seconds = seconds
+        self.temperature = temperature
+        self.seed = seed
+        self.samples_dir = Path(samples_dir) if samples_dir else None
+        self._primes: torch.Tensor | None = None
+
+    def _fixed_primes(self, trainer: pl.Trainer, sr: int) -> torch.Tensor:
+        if self._primes is None:
+            n = max(1, round(self.prime_seconds * sr))
+            clips = [trainer.datamodule.val_clip(i, n) for i in range(self.n_primes)]
+            self._primes = torch.from_numpy(np.stack(clips)).float()
+        return self._primes
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.global_rank != 0 or self.n_primes < 1:
+            return
+        if getattr(trainer, "datamodule", None) is None or not hasattr(trainer.datamodule, "val_clip"):
+            return
+        sr = pl_module.sample_rate
+        primes = self._fixed_primes(trainer, sr).to(pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.inference_mode():
+            continuation = generate_long(
+                pl_module,
+                primes,
+                round(self.seconds * sr),
+                temperature=self.temperature,
+                seed=self.seed,
+                progress=False,
+            )
+        pl_module.train(was_training)
+        takes = torch.cat([primes, continuation], dim=1).clamp(-1, 1).cpu().numpy()
+        self._log(trainer, takes, sr, split_at=primes.shape[1] / sr)
+
+    def _log(self, trainer: pl.Trainer, takes: np.ndarray, sr: int, split_at: float) -> None:
+        step = trainer.global_step
+        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        for i, take in enumerate(takes):
+            if tensorboard is not None:
+                writer = tensorboard.experiment
+                writer.add_audio(f"samples/prime{i}", take[None, :], step, sample_rate=sr)
+                title = f"prime {i} | continuation, step {step}"
+                figure = spectrogram_figure(take, sr, title=title, split_at=split_at)
+                writer.add_figure(f"spectrogram/prime{i}", figure, step, close=True)
+            if self.samples_dir is not None:
+                self.samples_dir.mkdir(parents=True, exist_ok=True)
+                sf.write(self.samples_dir / f"prime{i}_latest.wav", take, sr, subtype="PCM_16")
