@@ -56,6 +56,8 @@ def quiet_third_party() -> None:
         r".*TensorFloat32 tensor cores.*",
         r".*litlogger.*",
         r".*LeafSpec.*",
+        r".*Your `IterableDataset` has `__len__` defined.*",
+        r".*The dirpath has changed from.*",
     ):
         warnings.filterwarnings("ignore", message=pattern)
     warnings.filterwarnings("ignore", category=DeprecationWarning)

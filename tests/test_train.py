@@ -1,0 +1,92 @@
+"""train.py end to end on the debug preset: checkpoints, TensorBoard, samples, resume, NaN stop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import soundfile as sf
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lofibeats.callbacks.nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
+from lofibeats.training.run import train
+
+
+def _tensorboard_tags(run_dir: Path) -> dict[str, list[str]]:
+    tags: dict[str, list[str]] = {}
+    for events in (run_dir / "tensorboard").rglob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events), size_guidance={"audio": 0, "images": 0, "scalars": 0})
+        acc.Reload()
+        for kind, names in acc.Tags().items():
+            if isinstance(names, list):
+                tags.setdefault(kind, []).extend(names)
+    return tags
+
+
+def test_fast_run_writes_checkpoints_tensorboard_and_samples(make_cfg) -> None:
+    cfg = make_cfg("train", ["debug=fast"])
+    value = train(cfg)
+    run_dir = Path(cfg.paths.output_dir)
+
+    assert value is not None and np.isfinite(value)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert (run_dir / "config_resolved.yaml").is_file()
+
+    tags = _tensorboard_tags(run_dir)
+    assert {"train/loss", "val/loss"} <= set(tags["scalars"])
+    assert "samples/prime0" in tags["audio"]
+    assert "spectrogram/prime0" in tags["images"]
+    assert any("hparams" in t for t in tags.get("tensors", [])) or "_hparams_/session_start_info" in str(
+        list((run_dir / "tensorboard").rglob("*"))
+    ) or tags.get("scalars", []).count("final/steps") == 1
+
+    audio, sr = sf.read(run_dir / "samples" / "prime0_latest.wav")
+    assert sr == cfg.data.sr
+    assert len(audio) == round((cfg.callbacks.audio_samples.prime_seconds + cfg.callbacks.audio_samples.seconds) * sr)
+
+
+def test_resume_continues_steps(make_cfg) -> None:
+    cfg = make_cfg("train", ["debug=fast", "trainer.max_steps=4"])
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    first = torch.load(last, weights_only=True)
+    assert first["global_step"] == 4
+
+    resumed = make_cfg("train", ["debug=fast", "trainer.max_steps=8", "ckpt_path=last"], run="resumed")
+    train(resumed)
+    second = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert second["global_step"] == 8
+    assert second["optimizer_states"][0]["state"], "optimizer state must carry over"
+
+
+class _NaNModule(pl.LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        return self.w.sum() * float("nan")
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def test_nonfinite_loss_stops_with_one_line() -> None:
+    data = torch.utils.data.DataLoader(torch.zeros(8, 1), batch_size=2)
+    trainer = pl.Trainer(
+        max_steps=5,
+        callbacks=[StopOnNonFiniteLoss()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+    )
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit(_NaNModule(), data)
+    message = str(info.value)
+    assert "\n" not in message and "step 1" in message and "no checkpoint" in message
