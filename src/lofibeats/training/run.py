@@ -40,7 +40,10 @@ def train(cfg: DictConfig) -> float | None:
     model = instantiate(cfg.model, _convert_="all")
     callbacks = [*_instantiate_group(cfg.get("callbacks")), HparamsSummary(resolved)]
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    overrides = {}
+    if not model.automatic_optimization:  # manual optimisation (gan) clips its own gradients
+        overrides["gradient_clip_val"] = None
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
     ckpt_path = None
     if cfg.get("ckpt_path"):
