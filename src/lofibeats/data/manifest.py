@@ -7,16 +7,17 @@
   "format_version": 1,
   "sr": 16000,
   "raw_dir": "/abs/path/to/raw",
-  "settings": {...prepare settings that change the samples...},
+  "settings": {...prepare settings: those that change the samples, val_fraction, shard_mb},
   "sources": [
     {"path": "album/track 1.flac",      # relative to raw_dir, POSIX separators
-     "hash": "blake2b-hex", "size": 123, "mtime_ns": 0,
+     "hash": "sha256-hex", "size": 123, "mtime_ns": 0,
      "seconds": 61.2,                   # duration of the kept audio at `sr`
      "samples": 979200,
      "shard": "shard-0001.npy", "offset": 0,   # int16 samples [offset, offset+samples)
      "split": "train"}                  # "train" | "val"
   ],
-  "skipped": [{"path": "broken.wav", "reason": "truncated file: ..."}],
+  "skipped": [{"path": "broken.wav", "reason": "truncated: ...",
+               "size": 123, "mtime_ns": 0, "hash": "sha256-hex"}],  # -1/"" when never read
   "shards": ["shard-0001.npy"]
 }
 ```
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,10 @@ class SourceEntry:
 class SkippedEntry:
     path: str
     reason: str
+    # what the file was when it was judged, so an unchanged bad file is not decoded again
+    size: int = -1
+    mtime_ns: int = -1
+    hash: str = ""
 
 
 @dataclass
@@ -96,11 +101,15 @@ class Manifest:
         """Read `sr_dir/manifest.json`; a missing, unreadable or old-format file is a DataError."""
         path = Path(sr_dir) / MANIFEST_NAME
         if not path.is_file():
-            raise DataError(f"no manifest at {path}: run `python prepare.py` (or train, which prepares)")
+            raise DataError(
+                f"no manifest at {path}: run `python prepare.py` (or train, which prepares)"
+            )
         try:
             manifest = cls.from_json(json.loads(path.read_text(encoding="utf-8")))
         except (ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"corrupt manifest {path} ({exc}): delete {path.parent} and prepare again") from None
+            raise DataError(
+                f"corrupt manifest {path} ({exc}): delete {path.parent} and prepare again"
+            ) from None
         if manifest.format_version != FORMAT_VERSION:
             raise DataError(
                 f"{path} has format version {manifest.format_version}, this code reads "
@@ -115,13 +124,14 @@ class Manifest:
 
 def write_text_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # not mkstemp: its files are private (0600); this one gets the umask's permissions
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        with open(tmp, "x", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
