@@ -1,0 +1,20 @@
+"""Generate audio: `python generate.py ckpt=<path|last> seconds=30 prime=<wav|val|none>` (conf/generate.yaml)."""
+
+import hydra
+from omegaconf import DictConfig
+
+from lofibeats.cli import exit_on_user_error, register_resolvers
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="generate")
+@exit_on_user_error
+def main(cfg: DictConfig) -> None:
+    from lofibeats.generation.run import generate
+
+    generate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+"""`python eval.py`: objective metrics of a checkpoint, written as JSON and printed as a table.
+
+Two kinds of numbers:
+
+* teacher-forced likelihood over fixed val windows (the model's own window lengths and rate):
+  bits/sample for every head, and MSE for the regression head. A module that defines
+  `evaluate_batch(prev, next) -> dict[str, float]` is asked directly; otherwise its
+  `validation_step` runs under a throw-away `Trainer.validate` and the logged `val/*` metrics
+  (batch-size-weighted epoch means) are read back.
+* `n` generated clips, each continuing the prime of a real window: their sanity statistics, and
+  the Frechet log-mel distance to the real continuations of the same primes, shown between a
+  floor (real vs real: the first half of the real clips against the second half) and a ceiling
+  (white noise at the real clips' loudness vs real).
+
+Like `lofibeats.training.run` this is command glue, so it imports across packages.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+from torch.utils.data import DataLoader
+
+from lofibeats.cli import quiet_third_party
+from lofibeats.data.manifest import Manifest
+from lofibeats.data.prepare import ensure_prepared
+from lofibeats.data.shards import ShardStore, Spans
+from lofibeats.data.windows import ValWindows, collate_pairs
+from lofibeats.errors import ConfigError, DataError
+from lofibeats.generation.longform import generate_long
+from lofibeats.generation.run import (
+    data_config_for,
+    generation_options,
+    load_for_inference,
+    positive,
+)
+from lofibeats.metrics.frechet import frechet_logmel
+from lofibeats.metrics.sanity import audio_sanity
+from lofibeats.models.base import LofiModule
+
+SANITY_KEYS = ("rms", "dc_offset", "peak", "clip_rate", "spectral_flatness", "zero_crossing_rate")
+SPLITS = ("val", "all")
+
+
+@dataclass
+class EvalAudio:
+    """The prepared audio eval reads: memory-mapped shards and the sources of one split."""
+
+    store: ShardStore
+    spans: Spans
+    sr: int
+
+    @classmethod
+    def prepare(cls, data: dict[str, Any], split: str, progress: bool) -> EvalAudio:
+        """Prepare `data` at `data["sr"]` if needed; `split` is val or all (every source, for a
+        folder the model never trained on)."""
+        if split not in SPLITS:
+            raise ConfigError(
+                f"split={split!r}: use val (the held-out files) or all (every file of data.raw_dir)"
+            )
+        sr_dir = ensure_prepared(data, data["sr"], progress=progress)
+        manifest = Manifest.load(sr_dir)
+        entries = manifest.sources if split == "all" else manifest.split("val")
+        if not entries:
+            raise DataError(f"no {split} sources in {sr_dir}: add audio files or use split=all")
+        spans = Spans.from_entries(entries, manifest.shards)
+        return cls(ShardStore(sr_dir, manifest.shards), spans, data["sr"])
+
+    def windows(self, count: int, prev_len: int, next_len: int, remedy: str) -> ValWindows:
+        """`count` evenly spread (prev, next) windows; a DataError saying `remedy` if no source
+        is long enough for one."""
+        if self.spans.longest < prev_len + next_len:
+            raise DataError(
+                f"no source in {self.store.sr_dir} is {(prev_len + next_len) / self.sr:.2f} s long "
+                f"(longest: {self.spans.longest / self.sr:.2f} s): {remedy}"
+            )
+        return ValWindows(self.store, self.spans, count=count, prev_len=prev_len, next_len=next_len)
+
+
+def teacher_forced(module: LofiModule, loader: DataLoader) -> dict[str, Any]:
+    """Teacher-forced metrics over `loader`: via `evaluate_batch` if the module has it, else
+    via `validation_step` under `Trainer.validate` (see the module docstring)."""
+    if hasattr(module, "evaluate_batch"):
+        totals: Counter[str] = Counter()
+        count = 0
+        with torch.inference_mode():
+            for prev, nxt in loader:
+                rows = prev.shape[0]
+                for name, value in module.evaluate_batch(
+                    prev.to(module.device), nxt.to(module.device)
+                ).items():
+                    totals[name] += float(value) * rows
+                count += rows
+        return {"method": "evaluate_batch", "metrics": {k: v / count for k, v in totals.items()}}
+    trainer = pl.Trainer(
+        accelerator="gpu" if module.device.type == "cuda" else "cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.validate(module, dataloaders=loader, verbose=False)
+    metrics = {
+        name.removeprefix("val/"): float(value)
+        for name, value in trainer.callback_metrics.items()
+        if name.startswith("val/")
+    }
+    return {"method": "validation_step", "metrics": metrics}
+
+
+def generated_vs_real(
+    module: LofiModule, pairs: ValWindows, cfg: DictConfig, options: dict[str, Any]
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Continue each window's prev; return (generated [n, T], real continuations [n, T], RTF)."""
+    primes = torch.stack([pairs[i][0] for i in range(len(pairs))])
+    real = torch.stack([pairs[i][1] for i in range(len(pairs))]).numpy()
+    started = time.perf_counter()
+    generated = generate_long(
+        module,
+        primes,
+        real.shape[1],
+        temperature=positive(cfg, "temperature", allow_zero=True),
+        seed=int(cfg.get("seed") or 0),
+        progress=bool(cfg.get("progress", True)),
+        **options,
+    )
+    rtf = real.shape[1] / module.sample_rate / (time.perf_counter() - started)
+    return generated.cpu().numpy(), real, rtf
+
+
+def frechet_block(
+    generated: np.ndarray, real: np.ndarray, sr: int, seed: int
+) -> dict[str, float | None]:
+    """Generated-vs-real Frechet log-mel distance with its real-vs-real floor and noise ceiling."""
+    rng = np.random.default_rng(seed)
+    noise = [
+        np.clip(rng.normal(0.0, max(float(np.sqrt(np.mean(r**2))), 1e-3), r.shape), -1.0, 1.0)
+        for r in real
+    ]
+    half = len(real) // 2
+    floor = frechet_logmel(list(real[:half]), list(real[half:]), sr) if half else None
+    return {
+        "generated_vs_real": frechet_logmel(list(generated), list(real), sr),
+        "real_vs_real_floor": floor,
+        "noise_vs_real_ceiling": frechet_logmel(noise, list(real), sr),
+    }
+
+
+def mean_sanity(
+    clips: np.ndarray, sr: int
+) -> tuple[dict[str, float], dict[str, int], list[dict[str, Any]]]:
+    """Per-clip sanity stats, their means, and how many clips got each verdict."""
+    per_clip = [audio_sanity(c, sr) for c in clips]
+    means = {key: float(np.mean([s[key] for s in per_clip])) for key in SANITY_KEYS}
+    return means, dict(Counter(str(s["verdict"]) for s in per_clip)), per_clip
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Run `python eval.py`; writes `<out_dir>/eval.json` and returns the same dict."""
+    quiet_third_party()
+    console = Console()
+    n = positive(cfg, "n", int)
+    module, ckpt = load_for_inference(cfg)
+    options = generation_options(module, cfg.get("options"))
+    sr = module.sample_rate
+    data = data_config_for(module, cfg.data)
+    audio = EvalAudio.prepare(data, str(cfg.split), progress=bool(cfg.get("progress", True)))
+
+    tf_windows = audio.windows(
+        data["val_windows"], module.context_len, module.chunk_len, "add longer audio files"
+    )
+    loader = DataLoader(tf_windows, batch_size=data["batch_size"], collate_fn=collate_pairs)
+    tf = teacher_forced(module, loader)
+
+    prime_len = round(positive(cfg, "prime_seconds") * sr)
+    gen_len = round(positive(cfg, "seconds") * sr)
+    pairs = audio.windows(n, prime_len, gen_len, "lower seconds or prime_seconds")
+    generated, real, rtf = generated_vs_real(module, pairs, cfg, options)
+    gen_means, verdicts, per_clip = mean_sanity(generated, sr)
+    real_means, _, _ = mean_sanity(real, sr)
+
+    result = {
+        "checkpoint": str(ckpt),
+        "family": module.family,
+        "sr": sr,
+        "head": module.hparams.get("head"),
+        "data": {
+            "raw_dir": data.get("raw_dir"),
+            "split": str(cfg.split),
+            "sources": len(audio.spans),
+        },
+        "teacher_forced": {
+            **tf,
+            "windows": len(tf_windows),
+            "bits_per_sample": tf["metrics"].get("bits_per_sample"),
+            "mse": tf["metrics"].get("mse"),
+        },
+        "generation": {
+            "clips": n,
+            "prime_seconds": prime_len / sr,
+            "seconds": gen_len / sr,
+            "temperature": float(cfg.temperature),
+            "seed": int(cfg.get("seed") or 0),
+            "options": options,
+            "rtf": rtf,
+            "mean": gen_means,
+            "real_mean": real_means,
+            "verdicts": verdicts,
+            "per_clip": per_clip,
+        },
+        "frechet_logmel": frechet_block(generated, real, sr, int(cfg.get("seed") or 0)),
+    }
+    out_dir = Path(str(cfg.out_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "eval.json"
+    path.write_text(json.dumps(result, indent=1), encoding="utf-8")
+    console.print(result_table(result))
+    console.print(f"wrote {path}", soft_wrap=True)
+    return result
+
+
+def _fmt(value: Any, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def result_table(result: dict[str, Any]) -> Table:
+    tf, gen, fd = result["teacher_forced"], result["generation"], result["frechet_logmel"]
+    table = Table(
+        title=f"{result['checkpoint']} ({result['family']}, {result['sr']} Hz, {result['head']} head)"
+    )
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_column("reference", justify="right")
+    table.add_row(
+        f"NLL bits/sample ({tf['method']}, {tf['windows']} windows)",
+        _fmt(tf["bits_per_sample"]),
+        "8 = uniform",
+    )
+    if tf["mse"] is not None:
+        table.add_row("MSE", _fmt(tf["mse"], ".6f"), "")
+    table.add_row(
+        f"Frechet log-mel, {gen['clips']} x {gen['seconds']:.1f} s",
+        _fmt(fd["generated_vs_real"], ".1f"),
+        f"floor {_fmt(fd['real_vs_real_floor'], '.1f')} / noise {_fmt(fd['noise_vs_real_ceiling'], '.1f')}",
+    )
+    for key in SANITY_KEYS:
+        table.add_row(f"mean {key}", _fmt(gen["mean"][key]), f"real {_fmt(gen['real_mean'][key])}")
+    table.add_row("verdicts", ", ".join(f"{k} {v}" for k, v in sorted(gen["verdicts"].items())), "")
+    table.add_row("RTF", f"{gen['rtf']:.2f}x", "")
+    return table

@@ -1,0 +1,193 @@
+"""generate.py: composed in-process for the details, run as a real subprocess once end to end."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import soundfile as sf
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig
+
+from lofibeats.errors import ConfigError, DataError
+from lofibeats.generation.run import generate, load_for_inference, val_datamodule
+from lofibeats.models.seq2seq import Seq2SeqModule
+
+REPO = Path(__file__).resolve().parents[1]
+SR = 8000
+CONTEXT, CHUNK = 128, 64
+
+
+def save_tiny_checkpoint(path: Path, **hparams) -> Path:
+    """A real (random-weight) seq2seq saved in Lightning's checkpoint format."""
+    torch.manual_seed(0)
+    module = Seq2SeqModule(
+        sr=SR, prev_len_max=CONTEXT, next_len=CHUNK, hidden=16, layers=1, embed_dim=8, **hparams
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "pytorch-lightning_version": pl.__version__,
+        },
+        path,
+    )
+    return path
+
+
+def write_tracks(folder: Path, count: int = 2, seconds: float = 2.0) -> Path:
+    """`count` short 'tracks' (a wobbling tone plus a little noise) as wav files in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(round(seconds * SR)) / SR
+    for i in range(count):
+        tone = 0.3 * np.sin(2 * np.pi * (110 + 40 * i) * t) * (0.7 + 0.3 * np.sin(2 * np.pi * t))
+        sf.write(folder / f"track{i}.wav", tone + 0.01 * rng.standard_normal(t.size), SR)
+    return folder
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    return save_tiny_checkpoint(tmp_path / "outputs/2026-01-01/00-00-00_1/checkpoints/last.ckpt")
+
+
+def _generate(make_cfg: Callable[..., DictConfig], *overrides: str) -> tuple[list[dict], Path]:
+    cfg = make_cfg("generate", ["progress=false", "n=2", "seconds=0.05", *overrides])
+    return generate(cfg), Path(cfg.out_dir)
+
+
+def test_wav_prime_is_mixed_resampled_padded_and_kept(
+    make_cfg: Callable[..., DictConfig],
+    ckpt: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    t = np.arange(441) / 44100  # 10 ms of stereo at 44.1 kHz: 80 samples at 8 kHz, < context
+    prime = tmp_path / "prime.wav"
+    sf.write(prime, np.stack([0.3 * np.sin(2 * np.pi * 300 * t)] * 2, axis=1), 44100)
+    rows, out_dir = _generate(make_cfg, f"ckpt={ckpt}", f"prime={prime}", "prime_seconds=null")
+
+    printed, notes = capsys.readouterr()
+    assert "note: resampled the prime from 44100 Hz to the model's 8000 Hz\n" in notes
+    assert "warning: the prime is 0.01 s, shorter than the model's context" in notes
+    assert len(notes.splitlines()) == 2
+    assert [row["take"] for row in rows] == ["take_00", "take_01"]
+    for row in rows:
+        audio, sr = sf.read(out_dir / f"{row['take']}.wav")
+        assert sr == SR and audio.shape == (80 + 400,)  # the unpadded prime + the continuation
+        assert (out_dir / f"{row['take']}.png").stat().st_size > 1000
+        assert row["seconds"] == pytest.approx(0.05)
+        assert row["rtf"] > 0 and row["verdict"] in ("silent", "dc", "clipped", "noise", "ok")
+    assert "take_01" in printed and "RTF" in printed
+
+
+def test_val_prime_take_i_continues_val_clip_i(
+    make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path
+) -> None:
+    raw = write_tracks(tmp_path / "raw")
+    cfg = make_cfg(
+        "generate",
+        ["progress=false", "n=3", "seconds=0.05", f"ckpt={ckpt}", "prime=val", "prime_seconds=0.25",
+         f"data.raw_dir={raw}", "data.prepare_workers=1"],
+    )  # fmt: skip
+    generate(cfg)
+    datamodule = val_datamodule(load_for_inference(cfg)[0], cfg.data)
+    for i in range(3):
+        take = sf.read(Path(cfg.out_dir) / f"take_{i:02d}.wav", dtype="float32")[0]
+        assert take.shape == (2000 + 400,)
+        np.testing.assert_allclose(take[:2000], datamodule.val_clip(i, 2000), atol=1 / 32767)
+
+
+def test_no_prime_is_deterministic_per_seed(
+    make_cfg: Callable[..., DictConfig], ckpt: Path
+) -> None:
+    def take(seed: int, folder: str) -> np.ndarray:
+        _, out_dir = _generate(
+            make_cfg, f"ckpt={ckpt}", "prime=none", "n=1", f"seed={seed}", f"out_dir={folder}"
+        )
+        return sf.read(out_dir / "take_00.wav")[0]
+
+    first = take(5, "${paths.root_dir}/a")
+    assert first.shape == (400,)
+    np.testing.assert_array_equal(first, take(5, "${paths.root_dir}/b"))
+    assert not np.array_equal(first, take(6, "${paths.root_dir}/c"))
+
+
+def test_ckpt_last_prefers_the_newest_last_ckpt(
+    make_cfg: Callable[..., DictConfig], tmp_path: Path
+) -> None:
+    old = save_tiny_checkpoint(tmp_path / "outputs/2026-01-01/00-00-00_1/checkpoints/last.ckpt")
+    new = save_tiny_checkpoint(
+        tmp_path / "outputs/multirun/2026-01-02/00-00-00/3/checkpoints/last.ckpt"
+    )
+    best = save_tiny_checkpoint(tmp_path / "outputs/2026-01-03/00-00-00_1/checkpoints/best.ckpt")
+    for path, mtime in ((old, 1e9), (new, 1.1e9), (best, 1.2e9)):  # best: newest, but not last
+        os.utime(path, (mtime, mtime))
+    module, found = load_for_inference(make_cfg("generate", ["ckpt=last"]))
+    assert found == new
+    assert module.family == "seq2seq" and module.sample_rate == SR and not module.training
+
+
+def test_user_errors_are_one_line_lofi_errors(
+    make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path
+) -> None:
+    not_audio = tmp_path / "notes.wav"
+    not_audio.write_text("hello")
+    with pytest.raises(DataError, match="not a readable audio file"):
+        _generate(make_cfg, f"ckpt={ckpt}", f"prime={not_audio}")
+    with pytest.raises(DataError, match="no such file"):
+        _generate(make_cfg, f"ckpt={ckpt}", f"prime={tmp_path / 'missing.wav'}")
+    with pytest.raises(ConfigError, match=r"options\.wobble"):
+        _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "+options.wobble=1")
+    with pytest.raises(
+        ConfigError, match=r"options\.temperature"
+    ):  # a top-level key, not an option
+        _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "+options.temperature=0.5")
+    with pytest.raises(ConfigError, match="seconds=-1"):
+        _generate(make_cfg, f"ckpt={ckpt}", "seconds=-1")
+
+
+@pytest.mark.parametrize(
+    ("checkpoint", "message"),
+    [("missing.ckpt", "does not exist"), ("corrupt.ckpt", "cannot read checkpoint")],
+)
+def test_entry_point_exits_1_with_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    checkpoint: str,
+    message: str,
+) -> None:
+    (tmp_path / "corrupt.ckpt").write_bytes(b"PK\x03\x04 truncated")
+    monkeypatch.setattr(
+        sys, "argv", ["generate.py", f"ckpt={tmp_path / checkpoint}", f"paths.root_dir={tmp_path}"]
+    )
+    GlobalHydra.instance().clear()
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(str(REPO / "generate.py"), run_name="__main__")
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err
+
+
+def test_cli_subprocess_end_to_end(ckpt: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "generate.py", "ckpt=last", "seconds=0.05", "prime=none", "n=1", "progress=false",
+         f"paths.root_dir={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (wav,) = (tmp_path / "outputs/generate").glob("*/*/take_00.wav")
+    assert sf.info(wav).frames == 400 and sf.info(wav).samplerate == SR
+    assert (wav.parent / "take_00.png").is_file()
+    assert "take_00" in result.stdout
