@@ -48,7 +48,7 @@ def train(cfg: DictConfig) -> float | None:
     ckpt_path = None
     if cfg.get("ckpt_path"):
         ckpt_path = resolve_checkpoint(cfg.ckpt_path, Path(cfg.paths.root_dir) / "outputs")
-        console.print(f"resuming from {ckpt_path}")
+        console.print(f"resuming from {ckpt_path}", soft_wrap=True)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     metric = trainer.callback_metrics.get(cfg.optimized_metric)
@@ -70,5 +70,6 @@ def _print_summary(
         f"run dir     {run_dir}\n"
         f"checkpoint  {best}\n"
         f"next        tensorboard --logdir {Path(cfg.paths.root_dir) / 'outputs'}\n"
-        f"            python generate.py ckpt={best or 'last'} seconds=10"
+        f"            python generate.py ckpt={best or 'last'} seconds=10",
+        soft_wrap=True,
     )
