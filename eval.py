@@ -3,13 +3,13 @@
 import hydra
 from omegaconf import DictConfig
 
-from lofibeats.cli import exit_on_user_error, register_resolvers
+from lofibeats.cli import exit_on_user_error, register_resolvers, run
 
 register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-@exit_on_user_error
+@exit_on_user_error()
 def main(cfg: DictConfig) -> None:
     from lofibeats.metrics.run import evaluate
 
@@ -17,4 +17,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

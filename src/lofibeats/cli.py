@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import sys
 import uuid
 import warnings
@@ -27,21 +28,56 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("run_id", lambda: RUN_ID)
 
 
-def exit_on_user_error(fn: Callable[..., T]) -> Callable[..., T]:
-    """Print a LofiError as one line on stderr and exit 1; let real bugs keep their traceback."""
+def exit_on_user_error(
+    on_interrupt: str = "interrupted",
+) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """Print a LofiError as one line on stderr and exit 1; Ctrl-C prints `on_interrupt`, exits 130.
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except LofiError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            raise SystemExit(1) from None
-        except KeyboardInterrupt:
-            print("interrupted: the last checkpoint is kept; resume with ckpt_path=last", file=sys.stderr)
-            raise SystemExit(130) from None
+    Real bugs keep their traceback.
+    """
 
-    return wrapper
+    def decorate(fn: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except LofiError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                raise SystemExit(1) from None
+            except KeyboardInterrupt:
+                print(on_interrupt, file=sys.stderr)
+                raise SystemExit(130) from None
+
+        return wrapper
+
+    return decorate
+
+
+_PLAIN_OVERRIDE = re.compile(r"^(\+{0,2}[A-Za-z_][\w.@/-]*)=([^'\"\[{].*)$")
+
+
+def quote_paths(argv: list[str]) -> list[str]:
+    """`key=~/My Music/é` -> `key='/home/me/My Music/é'`.
+
+    Hydra's override grammar rejects `~`, spaces and non-ASCII in unquoted values, and the shell
+    leaves a `~` after `key=` alone; users should not have to know either.
+    """
+    out = []
+    for arg in argv:
+        m = _PLAIN_OVERRIDE.match(arg)
+        if m and (m.group(2).startswith("~") or not m.group(2).isascii() or " " in m.group(2)):
+            value = os.path.expanduser(m.group(2))
+            # Hydra quoting: backslashes before a quote (or the closing one) double, quotes escape
+            value = re.sub(r"(\\+)(?='|$)", r"\1\1", value).replace("'", "\\'")
+            arg = f"{m.group(1)}='{value}'"
+        out.append(arg)
+    return out
+
+
+def run(main: Callable[[], object]) -> None:
+    """Run a `@hydra.main` function with path-friendly command-line overrides."""
+    sys.argv[1:] = quote_paths(sys.argv[1:])
+    main()
 
 
 def quiet_third_party() -> None:
