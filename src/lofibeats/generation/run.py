@@ -26,14 +26,18 @@ from lofibeats.data.datamodule import LofiDataModule
 from lofibeats.errors import ConfigError
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.prime import pad_to_context, read_prime
+from lofibeats.generation.style import style_path
 from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import load_module
+from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.runs import resolve_checkpoint
 from lofibeats.units import to_samples
 
 # options generate_long consumes itself; every other option goes to the model's continue_audio
 LONGFORM_OPTIONS = ("crossfade", "fade")
+# top-level keys that set a vseq2seq take's latent z (style_blend has a default, so not listed)
+LATENT_KEYS = ("creativity", "style_change_at", "style_target")
 
 
 @dataclass
@@ -163,6 +167,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     prime = None if primes is None else torch.from_numpy(pad_to_context(primes, module.context_len))
 
     n_samples = max(1, round(seconds * sr))
+    options.update(latent_options(cfg, module, prime, n_samples, seed, options))
     started = time.perf_counter()
     continuation = generate_long(
         module,
@@ -190,6 +195,45 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     console.print(stats_table(rows, f"{ckpt} ({module.family}, {sr} Hz)"))
     console.print(f"wrote {n} takes to {out_dir}", soft_wrap=True)
     return rows
+
+
+def latent_options(
+    cfg: DictConfig,
+    module: LofiModule,
+    prime: torch.Tensor | None,
+    n_samples: int,
+    seed: int,
+    options: Mapping[str, Any],
+) -> dict[str, Any]:
+    """vseq2seq: `{"z": StylePath}`, one z per take from the prime (`creativity`) that moves at
+    `style_change_at` (see `lofibeats.generation.style`). Other families: nothing, and a
+    ConfigError if one of `LATENT_KEYS` is set."""
+    if not isinstance(module, VSeq2SeqModule):
+        given = [key for key in LATENT_KEYS if cfg.get(key) is not None]
+        if given:
+            raise ConfigError(
+                f"{given[0]}: only vseq2seq models have a latent z; this checkpoint is a "
+                f"{module.family} model (drop {given[0]})"
+            )
+        return {}
+    if cfg.get("style_change_at") is not None and options.get("crossfade"):
+        raise ConfigError(
+            "options.crossfade: style changes need crossfade 0 or null (the vseq2seq model "
+            "decodes sample by sample: no seams to blend)"
+        )
+    creativity = cfg.get("creativity")
+    path = style_path(
+        module,
+        prime,
+        batch=positive(cfg, "n", int),
+        n_samples=n_samples,
+        seed=seed,
+        creativity=None if creativity is None else positive(cfg, "creativity", allow_zero=True),
+        change_at=cfg.get("style_change_at"),
+        target=cfg.get("style_target"),
+        blend=cfg.get("style_blend"),
+    )
+    return {"z": path}
 
 
 def write_take(take: Take, out_dir: Path, rtf: float) -> dict[str, Any]:

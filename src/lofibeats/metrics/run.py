@@ -206,6 +206,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "windows": len(tf_windows),
             "bits_per_sample": tf["metrics"].get("bits_per_sample"),
             "mse": tf["metrics"].get("mse"),
+            # vseq2seq: the negative ELBO (reconstruction + KL per sample) and the active units
+            "elbo_bits_per_sample": tf["metrics"].get("elbo_bits"),
+            "active_units": tf["metrics"].get("active_units"),
         },
         "generation": {
             "clips": n,
@@ -250,6 +253,9 @@ def result_table(result: dict[str, Any]) -> Table:
     )
     if tf["mse"] is not None:
         table.add_row("MSE", _fmt(tf["mse"], ".6f"), "")
+    if tf["elbo_bits_per_sample"] is not None:
+        table.add_row("ELBO bits/sample (recon + KL)", _fmt(tf["elbo_bits_per_sample"]), "")
+        table.add_row("active units of z", _fmt(tf["active_units"], ".0f"), "var(mu) > 0.01")
     table.add_row(
         f"Frechet log-mel, {gen['clips']} x {gen['seconds']:.1f} s",
         _fmt(fd["generated_vs_real"], ".1f"),
