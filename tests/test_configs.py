@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from conftest import CONF
+CONF = Path(__file__).resolve().parents[1] / "conf"
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
