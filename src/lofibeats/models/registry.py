@@ -12,6 +12,8 @@ from lofibeats.models.base import LofiModule
 
 FAMILIES: dict[str, str] = {
     "seq2seq": "lofibeats.models.seq2seq:Seq2SeqModule",
+    "vseq2seq": "lofibeats.models.vseq2seq:VSeq2SeqModule",
+    "gan": "lofibeats.models.gan:GanModule",
 }
 
 
