@@ -167,7 +167,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     prime = None if primes is None else torch.from_numpy(pad_to_context(primes, module.context_len))
 
     n_samples = max(1, round(seconds * sr))
-    options.update(latent_options(cfg, module, prime, n_samples, seed, options))
+    options.update(latent_options(cfg, module, prime, n, n_samples, seed, options))
     started = time.perf_counter()
     continuation = generate_long(
         module,
@@ -201,13 +201,15 @@ def latent_options(
     cfg: DictConfig,
     module: LofiModule,
     prime: torch.Tensor | None,
+    n: int,
     n_samples: int,
     seed: int,
     options: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """vseq2seq: `{"z": StylePath}`, one z per take from the prime (`creativity`) that moves at
-    `style_change_at` (see `lofibeats.generation.style`). Other families: nothing, and a
-    ConfigError if one of `LATENT_KEYS` is set."""
+    """vseq2seq: `{"z": StylePath}` for `n` takes of `n_samples`: one z per take from the
+    prime (`creativity`; drawn with `seed`) that moves at `style_change_at` (see
+    `lofibeats.generation.style`). Other families: nothing; a ConfigError if one of
+    `LATENT_KEYS` is set."""
     if not isinstance(module, VSeq2SeqModule):
         given = [key for key in LATENT_KEYS if cfg.get(key) is not None]
         if given:
@@ -225,7 +227,7 @@ def latent_options(
     path = style_path(
         module,
         prime,
-        batch=positive(cfg, "n", int),
+        batch=n,
         n_samples=n_samples,
         seed=seed,
         creativity=None if creativity is None else positive(cfg, "creativity", allow_zero=True),

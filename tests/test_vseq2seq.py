@@ -1,0 +1,355 @@
+"""The vseq2seq family: latent pieces, KL schedules, training, resume, creativity, style in z."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from pytorch_lightning.callbacks import ModelCheckpoint
+from torch.utils.data import DataLoader, TensorDataset
+
+from lofibeats.errors import ConfigError
+from lofibeats.metrics.run import evaluate
+from lofibeats.models.checkpoint import load_module
+from lofibeats.models.kl_schedules import KLSchedule, kl_weight
+from lofibeats.models.latent import LatentStats, free_bits_kl, kl_per_dim, reparameterize
+from lofibeats.models.vseq2seq import VSeq2SeqModule
+
+SR = 8000
+PREV, NEXT = 64, 32
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers:UserWarning",
+    "ignore:.*self.log.*but the `self.trainer` reference is not registered:UserWarning",
+    "ignore:Be aware that when using `ckpt_path`",
+    "ignore:You're resuming from a checkpoint that ended before the epoch ended",
+    "ignore:You defined a `validation_step` but have no `val_dataloader`",
+)
+
+
+def tiny(head: str = "mulaw", **overrides) -> VSeq2SeqModule:
+    torch.manual_seed(0)
+    kwargs = dict(sr=SR, prev_len_max=PREV, next_len=NEXT, hidden=16, layers=1, embed_dim=8)
+    kwargs.update(head=head, warmup_steps=0, latent_dim=4, log_z_samples=0)
+    kwargs.update(overrides)
+    return VSeq2SeqModule(**kwargs)
+
+
+def sine(n: int, length: int, *, freq: float = 200.0, seed: int = 0) -> torch.Tensor:
+    """[n, length] 0.5-amplitude sines at random phases."""
+    gen = torch.Generator().manual_seed(seed)
+    phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
+    return 0.5 * torch.sin(2 * math.pi * freq * torch.arange(length)[None] / SR + phase)
+
+
+def square(n: int, length: int, *, freq: float = 500.0, seed: int = 0) -> torch.Tensor:
+    """[n, length] 0.3-amplitude square waves at random phases."""
+    gen = torch.Generator().manual_seed(seed)
+    phase = torch.rand(n, 1, generator=gen)
+    return 0.3 * torch.sign(
+        torch.sin(2 * math.pi * (freq * torch.arange(length)[None] / SR + phase))
+    )
+
+
+def pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x[:, :PREV], x[:, PREV : PREV + NEXT]
+
+
+def tiny_trainer(**overrides) -> pl.Trainer:
+    kwargs = dict(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+        gradient_clip_val=1.0,
+    )
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+def save_checkpoint(path: Path, **overrides) -> Path:
+    module = tiny(**overrides)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
+    torch.save({**state, "pytorch-lightning_version": pl.__version__}, path)
+    return path
+
+
+def loader() -> DataLoader:
+    return DataLoader(TensorDataset(*pairs(sine(8, PREV + NEXT))), batch_size=4)
+
+
+# --------------------------------------------------------------------------- config
+def test_config_composes_on_seq2seq_with_plain_hparams(make_cfg) -> None:
+    cfg = make_cfg("train", ["model=vseq2seq", "debug=fast", "model.kl.schedule=cyclical"])
+    model = instantiate(cfg.model, _convert_="all")
+    hp = dict(model.hparams)
+    assert type(model) is VSeq2SeqModule and hp["family"] == "vseq2seq"
+    assert hp["hidden"] == 16 and hp["teacher_forcing"]["mode"] == "parallel"  # from seq2seq.yaml
+    assert hp["latent_dim"] == 16 and hp["z_every_step"] and hp["input_dropout"] == 0.1
+    assert hp["kl"] == {
+        "schedule": "cyclical",
+        "start": 0.0,
+        "end": 1.0,
+        "steps": 2000,
+        "cycles": 4,
+        "ratio": 0.5,
+        "sharpness": 10.0,
+        "free_bits": 0.05,
+    }
+    buffer = io.BytesIO()
+    torch.save(hp, buffer)
+    buffer.seek(0)
+    assert torch.load(buffer, weights_only=True) == hp
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"kl": {"schedule": "cosine"}}, "model.kl.schedule='cosine'"),
+        ({"kl": {"warmup": 5}}, "model.kl.warmup: unknown key"),
+        ({"kl": {"ratio": 0}}, "model.kl.ratio=0"),
+        ({"kl": {"steps": 0}}, "model.kl.steps=0"),
+        ({"kl": {"free_bits": -1}}, "model.kl.free_bits=-1"),
+        ({"latent_dim": 0}, "model.latent_dim=0"),
+        ({"input_dropout": 1.0}, "model.input_dropout=1.0"),
+        ({"family": "seq2seq"}, "model.family='seq2seq'"),
+    ],
+)
+def test_bad_values_raise_config_errors_naming_the_key(overrides, key) -> None:
+    with pytest.raises(ConfigError) as info:
+        tiny(**overrides)
+    assert key in str(info.value) and "\n" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- latent pieces
+def test_kl_per_dim_matches_torch_distributions() -> None:
+    mu, logvar = torch.randn(5, 3), torch.randn(5, 3)
+    q = torch.distributions.Normal(mu, (0.5 * logvar).exp())
+    p = torch.distributions.Normal(torch.zeros(3), torch.ones(3))
+    assert torch.allclose(
+        kl_per_dim(mu, logvar), torch.distributions.kl_divergence(q, p), atol=1e-6
+    )
+
+
+def test_free_bits_floor_each_dimension_and_stop_its_gradient() -> None:
+    kl_dims = torch.tensor([[0.01, 0.5, 0.0], [0.03, 0.7, 0.0]], requires_grad=True)
+    floored = free_bits_kl(kl_dims, 0.05)  # batch means 0.02, 0.6, 0.0 -> 0.05, 0.6, 0.05
+    assert floored.item() == pytest.approx(0.7)
+    assert free_bits_kl(kl_dims, 0.0).item() == pytest.approx(0.62)
+    floored.backward()
+    assert torch.equal(kl_dims.grad, torch.tensor([[0.0, 0.5, 0.0], [0.0, 0.5, 0.0]]))
+
+
+def test_reparameterize_scales_the_noise_only() -> None:
+    mu, logvar = torch.randn(4, 3), torch.randn(4, 3)
+    assert torch.equal(reparameterize(mu, logvar, 0.0), mu)
+    one = reparameterize(mu, logvar, 1.0, torch.Generator().manual_seed(1))
+    two = reparameterize(mu, logvar, 2.0, torch.Generator().manual_seed(1))
+    assert torch.allclose(two - mu, 2 * (one - mu))
+
+
+def test_latent_stats_give_active_units_and_mean_kl_over_all_batches() -> None:
+    mu = torch.zeros(40, 3)
+    mu[:, 0] = torch.linspace(-1, 1, 40)  # varies: active
+    mu[:, 1] = 0.05 * torch.linspace(-1, 1, 40)  # variance ~0.0009: inactive
+    kl_dims = torch.rand(40, 3)
+    stats = LatentStats()
+    for rows in (slice(0, 7), slice(7, 40)):
+        stats.update(mu[rows], kl_dims[rows])
+    active, kl_mean = LatentStats.summary(stats.packed())
+    assert active == 1 and stats.count == 40
+    assert torch.allclose(kl_mean, kl_dims.mean(0))
+
+
+# --------------------------------------------------------------------------- KL schedules
+def test_kl_schedule_values_at_given_steps() -> None:
+    def at(kind: str, *steps: int, **kw) -> list[float]:
+        return [kl_weight(kind, s, start=0.0, end=1.0, steps=2000, **kw) for s in steps]
+
+    assert at("constant", 0, 5000) == [1.0, 1.0]
+    assert at("linear", 0, 500, 2000, 9000) == pytest.approx([0.0, 0.25, 1.0, 1.0])
+    logistic = at("logistic", 0, 1000, 2000, 9000)
+    assert logistic == pytest.approx([0.0, 0.5, 1.0, 1.0])
+    quarter = 1 / (1 + math.exp(2.5))  # sigmoid(10 * (0.25 - 0.5)), then rescaled to [0, 1]
+    lo = 1 / (1 + math.exp(5))
+    assert at("logistic", 500)[0] == pytest.approx((quarter - lo) / (1 - 2 * lo))
+    # 4 cycles of 500 steps: ramp over the first 250, hold 1.0, restart; 1.0 after the last
+    cyclical = at("cyclical", 0, 125, 250, 499, 500, 625, 1999, 2000, 10**6)
+    assert cyclical == pytest.approx([0.0, 0.5, 1.0, 1.0, 0.0, 0.5, 1.0, 1.0, 1.0])
+    assert at("cyclical", 100, cycles=2, ratio=1.0) == pytest.approx([0.1])
+    with pytest.raises(ConfigError, match="model.kl.schedule='cosine'"):
+        kl_weight("cosine", 0, start=0.0, end=1.0, steps=10)
+
+
+def test_kl_schedule_counts_its_steps_in_the_state_dict() -> None:
+    schedule = KLSchedule("linear", start=0.0, end=0.5, steps=10)
+    schedule.advance(4)
+    assert schedule.value() == pytest.approx(0.2)
+    fresh = KLSchedule("linear", start=0.0, end=0.5, steps=10)
+    fresh.load_state_dict(schedule.state_dict())
+    assert fresh.step == 4 and fresh.value() == pytest.approx(0.2)
+
+
+# --------------------------------------------------------------------------- training
+def test_input_dropout_and_noise_corrupt_teacher_forced_inputs_in_training_only() -> None:
+    model = tiny(input_dropout=0.5)
+    tokens = model.head.tokens(sine(4, 500))
+    silence = model.head.tokens(torch.zeros(1)).item()
+    model.train()
+    dropped = model.corrupt_inputs(tokens)
+    share = ((dropped == silence) & (tokens != silence)).float().sum() / (tokens != silence).sum()
+    assert 0.4 < share.item() < 0.6
+    assert torch.equal(dropped[dropped != silence], tokens[dropped != silence])
+    assert torch.equal(model.eval().corrupt_inputs(tokens), tokens)
+    noisy = tiny("regression", input_dropout=0.0, input_noise=0.1).train()
+    values = sine(4, 500)
+    diff = noisy.corrupt_inputs(values) - values
+    assert diff.std().item() == pytest.approx(0.1, rel=0.1)
+
+
+@pytest.mark.parametrize("head", ["mulaw", "regression"])
+def test_trainer_fit_logs_finite_losses_and_advances_beta(head: str) -> None:
+    model = tiny(head, kl={"steps": 4})
+    trainer = tiny_trainer()
+    trainer.fit(model, loader(), loader())
+    metrics = trainer.callback_metrics
+    expected = {"train/loss", "train/recon", "train/kl", "train/beta", "train/tf_ratio"}
+    expected |= {"val/loss", "val/recon", "val/kl", "val/elbo_bits", "val/bits_per_sample"}
+    expected |= {"val/active_units"} | ({"val/mse"} if head == "regression" else set())
+    assert expected <= set(metrics)
+    assert all(torch.isfinite(metrics[k]) for k in expected)
+    assert model.kl_schedule.step == 3 and metrics["train/beta"] == pytest.approx(0.5)
+    assert 0 <= metrics["val/active_units"] <= 4
+
+
+def test_val_loss_is_the_elbo_in_bits_per_sample() -> None:
+    model = tiny()
+    prev, nxt = pairs(sine(6, PREV + NEXT, seed=3))
+    trainer = tiny_trainer()
+    (result,) = trainer.validate(
+        model, DataLoader(TensorDataset(prev, nxt), batch_size=6), verbose=False
+    )
+    with torch.no_grad():
+        terms = model.eval().elbo_terms(prev, nxt, generator=torch.Generator().manual_seed(0))
+        recon_nats = torch.nn.functional.cross_entropy(
+            terms.out.reshape(-1, 256), terms.targets.reshape(-1)
+        )
+        kl = kl_per_dim(*model.posterior(model.head.tokens(prev))).sum(-1).mean()
+    expected = (recon_nats + kl / NEXT) / math.log(2)
+    assert result["val/loss"] == pytest.approx(expected.item(), rel=1e-5)
+    assert result["val/elbo_bits"] == result["val/loss"]
+    assert result["val/kl"] == pytest.approx(kl.item(), rel=1e-5)
+    assert result["val/bits_per_sample"] == pytest.approx(recon_nats.item() / math.log(2), rel=1e-5)
+
+
+def test_resume_restores_the_kl_schedule_and_load_module_rebuilds(tmp_path: Path) -> None:
+    checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    model = tiny(kl={"steps": 10, "end": 1.0})
+    tiny_trainer(enable_checkpointing=True, callbacks=[checkpoints]).fit(model, loader())
+    last = tmp_path / "last.ckpt"
+    assert torch.load(last, weights_only=True)["state_dict"]["kl_schedule._extra_state"] == {
+        "step": 3
+    }
+
+    resumed = tiny(kl={"steps": 10, "end": 1.0})
+    trainer = tiny_trainer(max_steps=5)
+    trainer.fit(resumed, loader(), ckpt_path=last, weights_only=True)
+    assert resumed.kl_schedule.step == 5 and trainer.global_step == 5
+    assert trainer.callback_metrics["train/beta"] == pytest.approx(0.4)  # the 5th step: step 4
+
+    loaded = load_module(last)
+    assert type(loaded) is VSeq2SeqModule and not loaded.training
+    assert loaded.kl_schedule.step == 3
+    assert torch.equal(loaded.posterior_head.proj.weight, model.posterior_head.proj.weight)
+
+
+# --------------------------------------------------------------------------- generation
+def test_creativity_zero_uses_the_posterior_mean_and_more_adds_noise() -> None:
+    model = tiny().eval()
+    prev = sine(2, 100)
+
+    def run(seed: int, **options) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(seed)
+        return model.continue_audio(prev, 40, decoding="greedy", generator=gen, **options)
+
+    assert torch.equal(run(0, creativity=0.0), run(1, creativity=0.0))  # no noise on z
+    assert not torch.equal(run(0, creativity=1.0), run(1, creativity=1.0))
+    assert torch.equal(run(0, creativity=1.0), run(0, creativity=1.0))
+    mu = model.posterior(model.head.tokens(prev[:, -PREV:]))[0]
+    assert torch.equal(run(7, z=mu), run(0, creativity=0.0))
+    assert torch.equal(run(7, z=mu[:, None].expand(-1, 40, -1)), run(0, creativity=0.0))
+    prior = model.latent_from_audio(
+        None, creativity=0.5, batch=3, generator=torch.Generator().manual_seed(2)
+    )
+    assert torch.equal(prior, 0.5 * torch.randn(3, 4, generator=torch.Generator().manual_seed(2)))
+    assert model.continue_audio(prev[:, :0], 10).shape == (2, 10)  # empty prime: the prior
+    assert model.continue_audio(prev, 0).shape == (2, 0)
+    with pytest.raises(ValueError, match="z must be"):
+        model.continue_audio(prev, 5, z=torch.zeros(2, 3))
+
+
+def test_z_conditions_every_step_only_when_asked() -> None:
+    prev = sine(2, 100)
+
+    def first_vs_later_z(model: VSeq2SeqModule) -> tuple[bool, bool]:
+        z = model.latent_from_audio(prev).expand(2, -1)
+        path = z[:, None].repeat(1, 30, 1)
+        path[:, 10:] += 3.0
+        same = model.continue_audio(prev, 30, z=z, decoding="greedy")
+        moved = model.continue_audio(prev, 30, z=path, decoding="greedy")
+        return torch.equal(same[:, :10], moved[:, :10]), torch.equal(same, moved)
+
+    assert first_vs_later_z(tiny().eval()) == (True, False)
+    assert first_vs_later_z(tiny(z_every_step=False).eval()) == (True, True)
+
+
+def test_two_styles_get_distinct_posteriors_that_the_decoder_uses() -> None:
+    """200 Hz sines vs 500 Hz squares, 150 plain training steps: the styles' mean mu lie further
+    apart than their spread, and decoding one style with the other's z reconstructs worse."""
+    model = tiny(lr=1e-2, input_dropout=0.5, kl={"steps": 50})
+    opt = model.configure_optimizers()
+    for step in range(150):
+        batch = torch.cat([sine(8, PREV + NEXT, seed=step), square(8, PREV + NEXT, seed=step)])
+        loss = model.training_step(pairs(batch), step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    a, b = sine(32, PREV + NEXT, seed=10**6), square(32, PREV + NEXT, seed=10**6)
+    with torch.no_grad():
+        mu_a, mu_b = (model.posterior(model.head.tokens(x[:, :PREV]))[0] for x in (a, b))
+        direction = mu_a.mean(0) - mu_b.mean(0)
+        spread = (mu_a @ direction).std() + (mu_b @ direction).std()
+        assert direction.norm() > 2 * spread / direction.norm()
+
+        def recon(x: torch.Tensor, z: torch.Tensor) -> float:
+            prev, nxt = (model.head.tokens(p) for p in pairs(x))
+            out = model.decode(model.decoder_inputs(prev, nxt), model.latent_state(z))[0]
+            return model.head.loss(out, nxt).item()
+
+        own, swapped = recon(a, mu_a) + recon(b, mu_b), recon(a, mu_b) + recon(b, mu_a)
+    assert swapped > own + 0.2, (own, swapped)
+
+
+def test_eval_reports_the_elbo_and_active_units(make_cfg, tmp_path: Path) -> None:
+    from test_generate_cli import write_tracks
+
+    ckpt = save_checkpoint(tmp_path / "model.ckpt")
+    raw_dir = write_tracks(tmp_path / "raw")
+    fast = ["progress=false", "n=2", "seconds=0.05", "prime_seconds=0.02", "data.val_windows=4"]
+    result = evaluate(
+        make_cfg("eval", [*fast, f"ckpt={ckpt}", f"data.raw_dir={raw_dir}", "split=all"])
+    )
+    tf = result["teacher_forced"]
+    assert result["family"] == "vseq2seq" and tf["method"] == "validation_step"
+    kl_bits = tf["metrics"]["kl"] / NEXT / math.log(2)
+    assert tf["elbo_bits_per_sample"] == pytest.approx(tf["bits_per_sample"] + kl_bits, rel=1e-4)
+    assert 0 <= tf["active_units"] <= 4
