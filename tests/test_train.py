@@ -40,13 +40,17 @@ def test_fast_run_writes_checkpoints_tensorboard_and_samples(make_cfg) -> None:
     assert {"train/loss", "val/loss"} <= set(tags["scalars"])
     assert "samples/prime0" in tags["audio"]
     assert "spectrogram/prime0" in tags["images"]
-    assert any("hparams" in t for t in tags.get("tensors", [])) or "_hparams_/session_start_info" in str(
-        list((run_dir / "tensorboard").rglob("*"))
-    ) or tags.get("scalars", []).count("final/steps") == 1
+    assert (
+        any("hparams" in t for t in tags.get("tensors", []))
+        or "_hparams_/session_start_info" in str(list((run_dir / "tensorboard").rglob("*")))
+        or tags.get("scalars", []).count("final/steps") == 1
+    )
 
     audio, sr = sf.read(run_dir / "samples" / "prime0_latest.wav")
     assert sr == cfg.data.sr
-    assert len(audio) == round((cfg.callbacks.audio_samples.prime_seconds + cfg.callbacks.audio_samples.seconds) * sr)
+    assert len(audio) == round(
+        (cfg.callbacks.audio_samples.prime_seconds + cfg.callbacks.audio_samples.seconds) * sr
+    )
 
 
 def test_resume_continues_steps(make_cfg) -> None:
@@ -56,9 +60,13 @@ def test_resume_continues_steps(make_cfg) -> None:
     first = torch.load(last, weights_only=True)
     assert first["global_step"] == 4
 
-    resumed = make_cfg("train", ["debug=fast", "trainer.max_steps=8", "ckpt_path=last"], run="resumed")
+    resumed = make_cfg(
+        "train", ["debug=fast", "trainer.max_steps=8", "ckpt_path=last"], run="resumed"
+    )
     train(resumed)
-    second = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    second = torch.load(
+        Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True
+    )
     assert second["global_step"] == 8
     assert second["optimizer_states"][0]["state"], "optimizer state must carry over"
 
@@ -90,3 +98,46 @@ def test_nonfinite_loss_stops_with_one_line() -> None:
         trainer.fit(_NaNModule(), data)
     message = str(info.value)
     assert "\n" not in message and "step 1" in message and "no checkpoint" in message
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path, make_cfg) -> None:
+    """kill -9 mid-training: the checkpoints on disk stay loadable and `ckpt_path=last` goes on."""
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    command = [
+        sys.executable,
+        "train.py",
+        "debug=fast",
+        f"paths.root_dir={tmp_path.as_posix()}",
+        "trainer.max_steps=100000",
+        "trainer.val_check_interval=2",
+        "callbacks.audio_samples.n_primes=0",
+    ]
+    process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        found: list[Path] = []
+        while time.monotonic() < deadline and process.poll() is None:
+            found = list((tmp_path / "outputs").rglob("checkpoints/last.ckpt"))
+            if found and torch.load(found[0], weights_only=True)["global_step"] >= 4:
+                break
+            time.sleep(0.2)
+        assert found, (
+            f"no checkpoint before the kill: {process.stderr.read().decode()[-2000:] if process.poll() is not None else ''}"
+        )
+    finally:
+        process.kill()
+        process.wait()
+
+    killed_at = torch.load(found[0], weights_only=True)["global_step"]
+    cfg = make_cfg(
+        "train", ["debug=fast", f"trainer.max_steps={killed_at + 2}", "ckpt_path=last"], run="after"
+    )
+    train(cfg)
+    resumed = torch.load(
+        Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    assert resumed["global_step"] == killed_at + 2
