@@ -23,6 +23,7 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lofibeats.errors import ConfigError
+from lofibeats.generation.engine import continuation
 
 if TYPE_CHECKING:
     from lofibeats.models.base import LofiModule
@@ -68,6 +69,7 @@ def generate_long(
     crossfade: int = 0,
     fade: str = "equal_power",
     batch_size: int = 1,
+    engine: str = "auto",
     **options: Any,
 ) -> torch.Tensor:
     """Continue `prime` ([B, T] floats in [-1, 1]) by `n_samples`; return [B, n_samples].
@@ -78,7 +80,9 @@ def generate_long(
     `chunk_len`) > 0 blends chunk overlaps with `fade` (see the module doc); each call of
     `continue_audio` asks for at most `chunk_len` samples.
     `progress` shows a bar with samples generated per row and the real-time factor (seconds of
-    one row's audio per wall-clock second). Other `options` go to `module.continue_audio`.
+    one row's audio per wall-clock second). `engine` picks what continues the audio:
+    "reference" (`module.continue_audio`), "fused" (the fast engine, `lofibeats.generation.engine`)
+    or "auto" (fused wherever it reproduces the model); other `options` go to it.
     """
     if n_samples < 1:
         raise ConfigError(f"n_samples={n_samples}: generate at least one sample")
@@ -102,6 +106,7 @@ def generate_long(
         prime = silence_prime(rows, context_len, generator, device)
     prime = prime.to(device=device, dtype=torch.float32)
 
+    continue_audio = continuation(module, engine)
     was_training = module.training
     module.eval()
     bar = _Bar(n_samples, module.sample_rate, prime.shape[0]) if progress else None
@@ -115,7 +120,7 @@ def generate_long(
                 remaining = n_samples - produced
                 last = remaining <= chunk_len  # no tail needed: ask only for what is missing
                 want = remaining if last else chunk_len
-                new = module.continue_audio(
+                new = continue_audio(
                     history, want, temperature=temperature, generator=generator, **options
                 )
                 if tail is not None:

@@ -24,6 +24,7 @@ from lofibeats.audio.spectrogram import save_spectrogram_png
 from lofibeats.cli import quiet_third_party
 from lofibeats.data.datamodule import LofiDataModule
 from lofibeats.errors import ConfigError
+from lofibeats.generation.engine import describe
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.prime import pad_to_context, read_prime
 from lofibeats.generation.style import style_path
@@ -168,6 +169,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
 
     n_samples = max(1, round(seconds * sr))
     options.update(latent_options(cfg, module, prime, n, n_samples, seed, options))
+    engine = str(cfg.get("engine") or "auto")
     started = time.perf_counter()
     continuation = generate_long(
         module,
@@ -177,9 +179,17 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
         seed=seed,
         progress=bool(cfg.get("progress", True)),
         batch_size=n,
+        engine=engine,
         **options,
     )
-    rtf = n_samples / sr / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    rtf = n_samples / sr / elapsed
+    together = f", {rtf * n:.2f}x for all {n} takes" if n > 1 else ""
+    console.print(
+        f"generated {n} x {n_samples / sr:.2f} s in {elapsed:.2f} s with the "
+        f"{describe(module, engine)} engine: real-time factor {rtf:.2f}x per take{together}",
+        soft_wrap=True,
+    )
     continuation = continuation.cpu().numpy()
     takes = [
         Take(

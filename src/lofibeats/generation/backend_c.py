@@ -1,0 +1,165 @@
+"""The engine's C backend: fused weights packed for the kernel in csrc/lstm_engine.c.
+
+Every gate-width vector is zero-padded to a multiple of the kernel's panel width and every
+matrix is packed into panels (see `pack_panels`); the kernel then runs a whole chunk per call,
+the encoder included, with the GIL released (ctypes drops it during foreign calls).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+import torch.nn.functional as F
+
+from lofibeats.generation.fused import FusedHead, FusedLSTM
+from lofibeats.generation.kernel import PANEL, HeadSpec, LSTMSpec
+from lofibeats.models.networks import LSTMState
+
+_ERRORS = {1: MemoryError, 2: ValueError}
+
+
+def padded(n: int) -> int:
+    return -(-n // PANEL) * PANEL
+
+
+def pad_last(x: torch.Tensor, n: int) -> torch.Tensor:
+    """`x` zero-padded on its last dimension to `n`, contiguous."""
+    return F.pad(x, (0, n - x.shape[-1])).contiguous()
+
+
+def pack_panels(w_t: torch.Tensor) -> torch.Tensor:
+    """[K, N] -> [N_pad / PANEL, K, PANEL]: column panels, each K rows of PANEL contiguous
+    floats (padding columns are zero), the layout the kernel's register tiles stream."""
+    k, n = w_t.shape
+    return pad_last(w_t, padded(n)).reshape(k, -1, PANEL).transpose(0, 1).contiguous()
+
+
+def _ptr(x: torch.Tensor | None) -> int | None:
+    return None if x is None else x.data_ptr()
+
+
+def _check(status: int, what: str) -> None:
+    if status:
+        raise _ERRORS.get(status, RuntimeError)(
+            f"the C generation kernel refused {what} ({status})"
+        )
+
+
+class _PackedLSTM:
+    """A FusedLSTM in the kernel's layout, with the C struct that points into it."""
+
+    def __init__(self, net: FusedLSTM) -> None:
+        self.hidden, self.layers = net.hidden, net.layers
+        self.n_gates = padded(4 * net.hidden)
+        keep = [
+            None if v is None else pad_last(v, self.n_gates)
+            for v in (net.table, net.slope, net.base)
+        ]
+        self.weights = [pack_panels(w) for w in net.weights_t]
+        self.bias = [None if b is None else pad_last(b, self.n_gates) for b in net.bias]
+        self._keep = keep
+        weights = (ctypes.c_void_p * self.layers)(*(_ptr(w) for w in self.weights))
+        bias = (ctypes.c_void_p * self.layers)(*(_ptr(b) for b in self.bias))
+        self._arrays = (weights, bias)
+        self.spec = LSTMSpec(
+            self.layers,
+            self.hidden,
+            self.n_gates,
+            net.n_classes,
+            *(_ptr(v) for v in keep),
+            ctypes.cast(weights, ctypes.POINTER(ctypes.c_void_p)),
+            ctypes.cast(bias, ctypes.POINTER(ctypes.c_void_p)),
+        )
+
+
+class _PackedHead:
+    def __init__(self, head: FusedHead) -> None:
+        if head.mulaw:
+            n_pad = padded(head.n_out)
+            self.weights, self.bias = pack_panels(head.weight_t), pad_last(head.bias, n_pad)
+        else:
+            n_pad = 1
+            self.weights, self.bias = head.weight_t[:, 0].contiguous(), head.bias.contiguous()
+        self.spec = HeadSpec(head.n_out, n_pad, _ptr(self.weights), _ptr(self.bias))
+
+
+class CBackend:
+    """Encoder and decoder both in the kernel; CPU float32 only."""
+
+    name = "c"
+
+    def __init__(
+        self, lib: ctypes.CDLL, encoder: FusedLSTM, decoder: FusedLSTM, head: FusedHead
+    ) -> None:
+        self.lib = lib
+        self.encoder, self.decoder = _PackedLSTM(encoder), _PackedLSTM(decoder)
+        self.head, self.mulaw = _PackedHead(head), head.mulaw
+
+    def encode(self, tokens: torch.Tensor, state: LSTMState) -> LSTMState:
+        """Run the encoder over tokens [B, T] from `state`; T may be 0."""
+        h, c = (s.to(torch.float32).contiguous().clone() for s in state)
+        tokens = tokens.contiguous()
+        classes = tokens if self.mulaw else None
+        values = None if self.mulaw else tokens.to(torch.float32)
+        status = self.lib.lofi_encode(
+            ctypes.byref(self.encoder.spec),
+            tokens.shape[0],
+            tokens.shape[1],
+            _ptr(classes),
+            _ptr(values),
+            h.data_ptr(),
+            c.data_ptr(),
+        )
+        _check(status, "the encoder inputs (are the tokens valid classes?)")
+        return h, c
+
+    def decode(
+        self,
+        state: LSTMState,
+        first: torch.Tensor,
+        n_samples: int,
+        *,
+        draws: torch.Tensor | None,
+        temperature: float,
+        top_p: float | None,
+        cond_gates: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """See `FusedEngine.decode`; `draws` None decodes greedily."""
+        h, c = (s.to(torch.float32).contiguous().clone() for s in state)
+        batch = first.shape[0]
+        first = first.contiguous() if self.mulaw else first.to(torch.float32).contiguous()
+        out = torch.empty(batch, n_samples, dtype=torch.long if self.mulaw else torch.float32)
+        cond_b = cond_t = 0
+        if cond_gates is not None:
+            cond_gates = pad_last(cond_gates.to(torch.float32), self.decoder.n_gates)
+            per_step = cond_gates.dim() == 3
+            if per_step and cond_gates.shape[1] < n_samples:
+                raise ValueError(
+                    f"a per-step cond needs {n_samples} steps, got {cond_gates.shape[1]}"
+                )
+            cond_b = cond_gates.stride(0)
+            cond_t = cond_gates.stride(1) if per_step else 0
+        if draws is not None:
+            draws = draws.to(torch.float32).contiguous()
+        status = self.lib.lofi_decode(
+            ctypes.byref(self.decoder.spec),
+            ctypes.byref(self.head.spec),
+            batch,
+            n_samples,
+            h.data_ptr(),
+            c.data_ptr(),
+            first.data_ptr() if self.mulaw else None,
+            None if self.mulaw else first.data_ptr(),
+            _ptr(cond_gates),
+            cond_b,
+            cond_t,
+            _ptr(draws),
+            int(draws is None),
+            float(temperature),
+            1.0 if top_p is None else float(top_p),
+            out.data_ptr() if self.mulaw else None,
+            None if self.mulaw else out.data_ptr(),
+        )
+        _check(status, "the decoder inputs (are the first tokens valid classes?)")
+        return out, (h, c)

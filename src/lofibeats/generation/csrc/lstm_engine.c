@@ -1,0 +1,455 @@
+/* Deep LoFi Beats: the fused LSTM generation kernel behind lofibeats.generation.engine.
+ *
+ * One call runs a whole chunk: `lofi_encode` reads a known token sequence (the seq2seq encoder
+ * over `prev`), `lofi_decode` runs the autoregressive loop (LSTM stack, output head, sampling)
+ * for `steps` samples of `batch` streams. Python prepares every weight (fused and packed) and
+ * every random draw, so the loop does no allocation per step and no Python at all.
+ *
+ * Weights arrive folded (see fused.py): layer 0's input embedding, input projection and both
+ * biases are one row per input class (mu-law) or slope * x + base (regression); layer l > 0
+ * holds [W_ih; W_hh]^T (K = 2H rows) so one pass over its panels covers input and recurrence.
+ * Matrices are stored in panels of LOFI_NB columns, each panel K rows of LOFI_NB contiguous
+ * floats, so the inner loop streams memory and keeps a LOFI_RB x LOFI_NB tile in registers.
+ *
+ * Plain C99 that needs nothing beyond the C library: built with -O3 -march=native by gcc/clang
+ * (which get GCC vector extensions for the register tiles and auto-vectorise the rest), or by
+ * MSVC (plain loops). The build helper is kernel.py; the ABI number below must match it.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(_WIN32)
+#define LOFI_API __declspec(dllexport)
+#define LOFI_INLINE static __forceinline
+#define LOFI_RESTRICT __restrict
+#else
+#define LOFI_API __attribute__((visibility("default")))
+#define LOFI_INLINE static inline __attribute__((always_inline))
+#define LOFI_RESTRICT restrict
+#endif
+
+#define LOFI_NB 16 /* columns per weight panel */
+#define LOFI_RB 6  /* rows per register tile (6 x 16 floats: 12 of 16 AVX registers) */
+#define LOFI_ABI 1 /* bumped whenever a struct or signature below changes */
+
+enum { LOFI_OK = 0, LOFI_NO_MEMORY = 1, LOFI_BAD_ARGS = 2 };
+
+typedef struct {
+    int32_t layers;
+    int32_t hidden;    /* H */
+    int32_t n_gates;   /* 4H rounded up to a multiple of LOFI_NB */
+    int32_t n_classes; /* > 0: token inputs use `table`; 0: float inputs use slope/base */
+    const float *table;          /* [n_classes, n_gates] layer-0 gates per input class */
+    const float *slope;          /* [n_gates] layer-0 gates = slope * x + base (regression) */
+    const float *base;           /* [n_gates] */
+    const float *const *weights; /* [layers] panels: layer 0 K = H, layer l > 0 K = 2H */
+    const float *const *bias;    /* [layers] [n_gates]; bias[0] unused (folded into layer 0) */
+} LofiLSTM;
+
+typedef struct {
+    int32_t n_out;        /* classes (mu-law) or 1 (regression: tanh of one value) */
+    int32_t n_pad;        /* n_out rounded up to LOFI_NB (mu-law) */
+    const float *weights; /* mu-law: panels with K = H; regression: [H] */
+    const float *bias;    /* mu-law: [n_pad]; regression: [1] */
+} LofiHead;
+
+LOFI_API int lofi_abi(void) { return LOFI_ABI; }
+
+/* ------------------------------------------------------------------ matrix products */
+
+/* y[r, 0:NB] += x[r, 0:kn] @ w[0:kn, 0:NB] for r < rb, w one panel slice. `ks` splits k into
+ * interleaved partial sums so that rb * ks (<= LOFI_RB) independent accumulator rows hide the
+ * FMA latency when there are few rows.
+ * gcc/clang get explicit 8-float vectors (auto-vectorisation picks the wrong loop here); other
+ * compilers (or -DLOFI_PORTABLE) get the same loops on scalars. */
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(LOFI_PORTABLE)
+typedef float vec8 __attribute__((vector_size(32)));
+#define LOFI_NV (LOFI_NB / 8)
+
+LOFI_INLINE vec8 load8(const float *p) {
+    vec8 v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+LOFI_INLINE void tile(const int rb, const int ks, const float *x, const int ldx, const int kn,
+                      const float *w, float *y, const int ldy) {
+    vec8 acc[LOFI_RB][LOFI_NV];
+    for (int a = 0; a < rb * ks; a++)
+        for (int v = 0; v < LOFI_NV; v++) acc[a][v] = (vec8){0};
+    int k = 0;
+    for (; k + ks <= kn; k += ks) {
+        for (int q = 0; q < ks; q++) {
+            const float *wk = w + (size_t)(k + q) * LOFI_NB;
+            vec8 wv[LOFI_NV];
+            for (int v = 0; v < LOFI_NV; v++) wv[v] = load8(wk + 8 * v);
+            for (int r = 0; r < rb; r++) {
+                const float xv = x[(size_t)r * ldx + k + q];
+                for (int v = 0; v < LOFI_NV; v++) acc[r * ks + q][v] += xv * wv[v];
+            }
+        }
+    }
+    for (; k < kn; k++) {
+        const float *wk = w + (size_t)k * LOFI_NB;
+        for (int r = 0; r < rb; r++) {
+            const float xv = x[(size_t)r * ldx + k];
+            for (int v = 0; v < LOFI_NV; v++) acc[r * ks][v] += xv * load8(wk + 8 * v);
+        }
+    }
+    for (int r = 0; r < rb; r++) {
+        float *yr = y + (size_t)r * ldy;
+        for (int v = 0; v < LOFI_NV; v++) {
+            vec8 s = acc[r * ks][v];
+            for (int q = 1; q < ks; q++) s += acc[r * ks + q][v];
+            s += load8(yr + 8 * v);
+            memcpy(yr + 8 * v, &s, sizeof s);
+        }
+    }
+}
+#else
+LOFI_INLINE void tile(const int rb, const int ks, const float *x, const int ldx, const int kn,
+                      const float *w, float *y, const int ldy) {
+    float acc[LOFI_RB][LOFI_NB];
+    for (int a = 0; a < rb * ks; a++)
+        for (int j = 0; j < LOFI_NB; j++) acc[a][j] = 0.0f;
+    int k = 0;
+    for (; k + ks <= kn; k += ks) {
+        for (int q = 0; q < ks; q++) {
+            const float *wk = w + (size_t)(k + q) * LOFI_NB;
+            for (int r = 0; r < rb; r++) {
+                const float xv = x[(size_t)r * ldx + k + q];
+                for (int j = 0; j < LOFI_NB; j++) acc[r * ks + q][j] += xv * wk[j];
+            }
+        }
+    }
+    for (; k < kn; k++) {
+        const float *wk = w + (size_t)k * LOFI_NB;
+        for (int r = 0; r < rb; r++) {
+            const float xv = x[(size_t)r * ldx + k];
+            for (int j = 0; j < LOFI_NB; j++) acc[r * ks][j] += xv * wk[j];
+        }
+    }
+    for (int r = 0; r < rb; r++) {
+        float *yr = y + (size_t)r * ldy;
+        for (int j = 0; j < LOFI_NB; j++) {
+            float s = acc[r * ks][j];
+            for (int q = 1; q < ks; q++) s += acc[r * ks + q][j];
+            yr[j] += s;
+        }
+    }
+}
+#endif
+
+/* y[r, :n] += x[r, :kn] @ W[k0:k0 + kn, :n] for r < rows; W is packed as n / NB panels of
+ * k_total rows each. Panel-outer order keeps one panel hot while every row tile uses it. */
+static void matmul_acc(const int rows, const float *x, const int ldx, const float *panels,
+                       const int k_total, const int k0, const int kn, float *y, const int ldy,
+                       const int n) {
+    for (int p = 0; p < n / LOFI_NB; p++) {
+        const float *w = panels + ((size_t)p * k_total + k0) * LOFI_NB;
+        float *yp = y + (size_t)p * LOFI_NB;
+        int r = 0;
+        for (; r + LOFI_RB <= rows; r += LOFI_RB)
+            tile(LOFI_RB, 1, x + (size_t)r * ldx, ldx, kn, w, yp + (size_t)r * ldy, ldy);
+        const float *xr = x + (size_t)r * ldx;
+        float *yr = yp + (size_t)r * ldy;
+        switch (rows - r) {
+        case 5: tile(5, 1, xr, ldx, kn, w, yr, ldy); break;
+        case 4: tile(4, 1, xr, ldx, kn, w, yr, ldy); break;
+        case 3: tile(3, 2, xr, ldx, kn, w, yr, ldy); break;
+        case 2: tile(2, 3, xr, ldx, kn, w, yr, ldy); break;
+        case 1: tile(1, 4, xr, ldx, kn, w, yr, ldy); break;
+        default: break;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ elementwise math */
+
+/* exp(x) to about 2 ulp (Cephes expf): round-to-nearest range reduction by ln 2, a degree-7
+ * polynomial, and 2^n built in the exponent bits. Branch-free, so loops over it vectorise
+ * (libm's expf does not without -ffast-math, and these calls dominate the cell update). */
+LOFI_INLINE float fast_exp(float x) {
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    const float t = x * 1.44269504088896341f + magic;
+    const float n = t - magic;
+    int32_t bits;
+    memcpy(&bits, &t, sizeof bits);
+    const float r = x - n * 0.693359375f - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    const int32_t scale_bits = (int32_t)((uint32_t)(bits - 0x4B400000 + 127) << 23);
+    float scale;
+    memcpy(&scale, &scale_bits, sizeof scale);
+    return p * scale;
+}
+
+LOFI_INLINE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+
+LOFI_INLINE float fast_tanh(float x) { return 2.0f / (1.0f + fast_exp(-2.0f * x)) - 1.0f; }
+
+/* The LSTM cell for `rows` rows: gates [rows, n_gates] in PyTorch order (i, f, g, o). */
+static void lstm_cell(const int rows, const int hidden, const int n_gates,
+                      const float *LOFI_RESTRICT gates, float *LOFI_RESTRICT c,
+                      float *LOFI_RESTRICT h) {
+    for (int r = 0; r < rows; r++) {
+        const float *g = gates + (size_t)r * n_gates;
+        float *cr = c + (size_t)r * hidden;
+        float *hr = h + (size_t)r * hidden;
+        for (int j = 0; j < hidden; j++) {
+            const float in = sigmoid(g[j]);
+            const float forget = sigmoid(g[hidden + j]);
+            const float cell = fast_tanh(g[2 * hidden + j]);
+            const float out = sigmoid(g[3 * hidden + j]);
+            const float cn = forget * cr[j] + in * cell;
+            cr[j] = cn;
+            hr[j] = out * fast_tanh(cn);
+        }
+    }
+}
+
+/* gates[r] = layer-0 input gates of step t for each row (token or float input). */
+static void input_gates(const LofiLSTM *net, const int rows, const int64_t *classes,
+                        const float *values, const int64_t stride, float *gates) {
+    const int n = net->n_gates;
+    for (int r = 0; r < rows; r++) {
+        float *g = gates + (size_t)r * n;
+        if (net->n_classes > 0) {
+            memcpy(g, net->table + (size_t)classes[(size_t)r * stride] * n, sizeof(float) * n);
+        } else {
+            const float x = values[(size_t)r * stride];
+            for (int j = 0; j < n; j++) g[j] = net->slope[j] * x + net->base[j];
+        }
+    }
+}
+
+static void fill_bias(const int rows, const int n, const float *bias, float *gates) {
+    for (int r = 0; r < rows; r++) memcpy(gates + (size_t)r * n, bias, sizeof(float) * n);
+}
+
+static int valid_classes(const LofiLSTM *net, const int64_t *classes, const size_t count) {
+    for (size_t i = 0; i < count; i++)
+        if (classes[i] < 0 || classes[i] >= net->n_classes) return 0;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ encoder */
+
+/* Run the stack over known inputs [batch, steps] (classes, or values for float inputs) from
+ * the state (h, c) [layers, batch, H], updated in place. Time is cut into blocks; per block,
+ * layer 0 steps through its recurrence, then each higher layer takes the whole block's input
+ * projection as one matrix product (rows = block * batch) before its own recurrence. */
+LOFI_API int lofi_encode(const LofiLSTM *net, const int32_t batch, const int32_t steps,
+                         const int64_t *classes, const float *values, float *h, float *c) {
+    const int L = net->layers, H = net->hidden, G = net->n_gates, B = batch;
+    if (B < 1 || steps < 0 || L < 1) return LOFI_BAD_ARGS;
+    if (steps == 0) return LOFI_OK;
+    if ((net->n_classes > 0 && !classes) || (net->n_classes == 0 && !values)) return LOFI_BAD_ARGS;
+    if (net->n_classes > 0 && !valid_classes(net, classes, (size_t)B * steps)) return LOFI_BAD_ARGS;
+    const int block = B >= 256 ? 1 : (256 / B < steps ? 256 / B : steps);
+    float *gates = malloc(sizeof(float) * (size_t)block * B * G);
+    float *seq = malloc(sizeof(float) * (size_t)block * B * H);
+    if (!gates || !seq) {
+        free(gates);
+        free(seq);
+        return LOFI_NO_MEMORY;
+    }
+    for (int t0 = 0; t0 < steps; t0 += block) {
+        const int tb = steps - t0 < block ? steps - t0 : block;
+        for (int t = 0; t < tb; t++) { /* layer 0 */
+            input_gates(net, B, classes ? classes + t0 + t : NULL, values ? values + t0 + t : NULL,
+                        steps, gates);
+            matmul_acc(B, h, H, net->weights[0], H, 0, H, gates, G, G);
+            lstm_cell(B, H, G, gates, c, h);
+            memcpy(seq + (size_t)t * B * H, h, sizeof(float) * B * H);
+        }
+        for (int l = 1; l < L; l++) {
+            float *hl = h + (size_t)l * B * H, *cl = c + (size_t)l * B * H;
+            fill_bias(tb * B, G, net->bias[l], gates);
+            matmul_acc(tb * B, seq, H, net->weights[l], 2 * H, 0, H, gates, G, G);
+            for (int t = 0; t < tb; t++) {
+                float *gt = gates + (size_t)t * B * G;
+                matmul_acc(B, hl, H, net->weights[l], 2 * H, H, H, gt, G, G);
+                lstm_cell(B, H, G, gt, cl, hl);
+                memcpy(seq + (size_t)t * B * H, hl, sizeof(float) * B * H);
+            }
+        }
+    }
+    free(gates);
+    free(seq);
+    return LOFI_OK;
+}
+
+/* ------------------------------------------------------------------ sampling */
+
+typedef struct {
+    float p;
+    int32_t index;
+} Ranked;
+
+static int by_probability(const void *a, const void *b) {
+    const Ranked *x = a, *y = b;
+    if (x->p != y->p) return x->p < y->p ? 1 : -1;
+    return x->index - y->index;
+}
+
+static int argmax(const float *v, const int n) {
+    int best = 0;
+    for (int j = 1; j < n; j++)
+        if (v[j] > v[best]) best = j;
+    return best;
+}
+
+/* Inverse-CDF draw from softmax(logits / temperature) with uniform u, as MulawHead.sample does:
+ * the CDF accumulates in double and is stored as float, u is scaled by its last value, and the
+ * class is the first whose CDF exceeds it. With top_p < 1 only the most likely classes whose
+ * preceding mass is below top_p take part. `probs` and `ranked` are scratch of n floats. */
+static int draw_class(const float *logits, const int n, const float temperature, const float top_p,
+                      const float u, float *probs, Ranked *ranked) {
+    float top = logits[0] / temperature;
+    for (int j = 0; j < n; j++) {
+        probs[j] = logits[j] / temperature;
+        top = probs[j] > top ? probs[j] : top;
+    }
+    for (int j = 0; j < n; j++) probs[j] = fast_exp(probs[j] - top);
+    double total = 0.0;
+    for (int j = 0; j < n; j++) total += probs[j];
+    const float inv = (float)(1.0 / total);
+    for (int j = 0; j < n; j++) probs[j] *= inv;
+    int kept = n;
+    if (top_p < 1.0f) {
+        for (int j = 0; j < n; j++) {
+            ranked[j].p = probs[j];
+            ranked[j].index = j;
+        }
+        qsort(ranked, (size_t)n, sizeof(Ranked), by_probability);
+        double cum = 0.0;
+        for (int j = 0; j < n; j++) {
+            cum += ranked[j].p;
+            if (!((float)cum - ranked[j].p < top_p)) {
+                kept = j;
+                break;
+            }
+            probs[j] = ranked[j].p;
+        }
+    }
+    double cdf = 0.0;
+    for (int j = 0; j < kept; j++) cdf += probs[j];
+    const float target = u * (float)cdf;
+    cdf = 0.0;
+    int pick = kept - 1;
+    for (int j = 0; j < kept; j++) {
+        cdf += probs[j];
+        if ((float)cdf > target) {
+            pick = j;
+            break;
+        }
+    }
+    if (pick < 0) pick = 0;
+    return top_p < 1.0f ? ranked[pick].index : pick;
+}
+
+/* ------------------------------------------------------------------ decoder */
+
+/* Generate `steps` samples for each of `batch` streams from the state (h, c) [layers, batch, H],
+ * updated in place, starting from the input tokens `first_class` / `first_value` [batch].
+ *
+ * cond: optional extra layer-0 gates added every step, cond[b * cond_b + t * cond_t + :n_gates]
+ *   (cond_t = 0 for a constant conditioning vector), already multiplied by its weights.
+ * draws [steps, batch]: uniforms in [0, 1) for mu-law, additive noise for regression; NULL or
+ *   greedy != 0 decodes greedily (argmax / the mean).
+ * Outputs [batch, steps]: classes (mu-law) or float samples in [-1, 1] (regression).
+ */
+LOFI_API int lofi_decode(const LofiLSTM *net, const LofiHead *head, const int32_t batch,
+                         const int32_t steps, float *h, float *c, const int64_t *first_class,
+                         const float *first_value, const float *cond, const int64_t cond_b,
+                         const int64_t cond_t, const float *draws, const int32_t greedy,
+                         const float temperature, const float top_p, int64_t *out_class,
+                         float *out_value) {
+    const int L = net->layers, H = net->hidden, G = net->n_gates, B = batch;
+    const int mulaw = net->n_classes > 0;
+    if (B < 1 || steps < 0 || L < 1) return LOFI_BAD_ARGS;
+    if (steps == 0) return LOFI_OK;
+    if ((mulaw && (!first_class || !out_class)) ||
+        (!mulaw && (!first_value || !out_value)) || (mulaw && head->n_out != net->n_classes) ||
+        (!mulaw && head->n_out != 1) || (!greedy && !draws) || (!greedy && !(temperature > 0.0f)))
+        return LOFI_BAD_ARGS;
+    if (mulaw && !valid_classes(net, first_class, (size_t)B)) return LOFI_BAD_ARGS;
+    const int V = head->n_out, VP = mulaw ? head->n_pad : 1;
+    float *gates = malloc(sizeof(float) * (size_t)B * G);
+    float *logits = malloc(sizeof(float) * (size_t)B * VP);
+    float *probs = malloc(sizeof(float) * (size_t)V);
+    Ranked *ranked = malloc(sizeof(Ranked) * (size_t)V);
+    int64_t *tokens = malloc(sizeof(int64_t) * (size_t)B);
+    float *values = malloc(sizeof(float) * (size_t)B);
+    int status = LOFI_OK;
+    if (!gates || !logits || !probs || !ranked || !tokens || !values) {
+        status = LOFI_NO_MEMORY;
+        goto done;
+    }
+    for (int b = 0; b < B; b++) {
+        if (mulaw) tokens[b] = first_class[b];
+        else values[b] = first_value[b];
+    }
+    const float *top_h = h + (size_t)(L - 1) * B * H;
+    for (int t = 0; t < steps; t++) {
+        input_gates(net, B, tokens, values, 1, gates);
+        if (cond) {
+            for (int b = 0; b < B; b++) {
+                const float *cb = cond + b * cond_b + t * cond_t;
+                float *g = gates + (size_t)b * G;
+                for (int j = 0; j < G; j++) g[j] += cb[j];
+            }
+        }
+        matmul_acc(B, h, H, net->weights[0], H, 0, H, gates, G, G);
+        lstm_cell(B, H, G, gates, c, h);
+        for (int l = 1; l < L; l++) {
+            float *hl = h + (size_t)l * B * H, *cl = c + (size_t)l * B * H;
+            fill_bias(B, G, net->bias[l], gates);
+            matmul_acc(B, hl - (size_t)B * H, H, net->weights[l], 2 * H, 0, H, gates, G, G);
+            matmul_acc(B, hl, H, net->weights[l], 2 * H, H, H, gates, G, G);
+            lstm_cell(B, H, G, gates, cl, hl);
+        }
+        const float *u = draws ? draws + (size_t)t * B : NULL;
+        if (mulaw) {
+            fill_bias(B, VP, head->bias, logits);
+            matmul_acc(B, top_h, H, head->weights, H, 0, H, logits, VP, VP);
+            for (int b = 0; b < B; b++) {
+                const float *lb = logits + (size_t)b * VP;
+                tokens[b] = greedy ? argmax(lb, V)
+                                   : draw_class(lb, V, temperature, top_p, u[b], probs, ranked);
+                out_class[(size_t)b * steps + t] = tokens[b];
+            }
+        } else {
+            for (int b = 0; b < B; b++) {
+                const float *hb = top_h + (size_t)b * H;
+                float dot = 0.0f;
+                for (int j = 0; j < H; j++) dot += head->weights[j] * hb[j];
+                float v = tanhf(dot + head->bias[0]);
+                if (!greedy) {
+                    v += u[b];
+                    v = v < -1.0f ? -1.0f : (v > 1.0f ? 1.0f : v);
+                }
+                values[b] = v;
+                out_value[(size_t)b * steps + t] = v;
+            }
+        }
+    }
+done:
+    free(gates);
+    free(logits);
+    free(probs);
+    free(ranked);
+    free(tokens);
+    free(values);
+    return status;
+}

@@ -1,0 +1,121 @@
+"""Fused inference weights for the generation engine, folded from a model's own modules.
+
+A seq2seq decoder step is embed -> LSTM layer 0 -> ... -> head. For generation two folds make
+it cheaper without changing what it computes (up to fp32 rounding):
+
+- Layer 0's input path (embedding, input projection, both biases) depends only on the input
+  token, so for the mu-law head it is a table of 256 gate rows (a lookup instead of an
+  embedding plus a [4H x E] matmul); for the regression head's linear embedding it is
+  `slope * x + base`. An optional conditioning input (vseq2seq's z) keeps its own weights.
+- Layers l > 0 see [h_{l-1}, h_l] through one [2H x 4H] matrix (W_ih and W_hh stacked).
+
+Folds are computed in float64 and stored in float32; matrices are stored transposed
+([K, 4H]), the layout both engine backends read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lofibeats.models.heads import Head, MulawHead, RegressionHead
+from lofibeats.models.networks import InputEmbedding
+
+
+@dataclass(frozen=True)
+class FusedLSTM:
+    """A stacked LSTM with its input folded in. Gate order is PyTorch's (i, f, g, o)."""
+
+    hidden: int
+    table: torch.Tensor | None  # [n_classes, 4H]: layer-0 gates per input class
+    slope: torch.Tensor | None  # [4H]: float inputs: layer-0 gates = slope * x + base
+    base: torch.Tensor | None  # [4H]
+    weights_t: tuple[torch.Tensor, ...]  # layer 0: W_hh^T [H, 4H]; l > 0: [W_ih; W_hh]^T [2H, 4H]
+    bias: tuple[torch.Tensor | None, ...]  # l > 0: b_ih + b_hh [4H]; layer 0: None (folded)
+    cond_t: torch.Tensor | None  # [cond_dim, 4H]: weights of the conditioning input, if any
+
+    @property
+    def layers(self) -> int:
+        return len(self.weights_t)
+
+    @property
+    def n_classes(self) -> int:
+        return 0 if self.table is None else self.table.shape[0]
+
+    def cond_gates(self, cond: torch.Tensor | None) -> torch.Tensor | None:
+        """Layer-0 gate contribution of `cond` ([B, C] constant or [B, T, C] per step)."""
+        if cond is None:
+            if self.cond_t is not None:
+                raise ValueError(f"this decoder needs a cond input of size {self.cond_t.shape[0]}")
+            return None
+        if self.cond_t is None:
+            raise ValueError("this decoder was built with cond_dim=0 but got a cond input")
+        return (cond.to(self.cond_t) @ self.cond_t).contiguous()
+
+
+@dataclass(frozen=True)
+class FusedHead:
+    """The output head: mu-law logits (`weight_t` [H, V]) or a tanh regression (`weight_t` [H, 1])."""
+
+    weight_t: torch.Tensor
+    bias: torch.Tensor
+    noise_std: torch.Tensor | None  # regression: std of its sampled Gaussian (a 0-dim tensor)
+
+    @property
+    def n_out(self) -> int:
+        return self.weight_t.shape[1]
+
+    @property
+    def mulaw(self) -> bool:
+        return self.n_out > 1
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32).contiguous()
+
+
+def fuse_lstm(lstm: nn.LSTM, embed: InputEmbedding, cond_dim: int = 0) -> FusedLSTM:
+    """Fold `embed` into layer 0 of `lstm` (whose input is [embedding, cond of `cond_dim`])."""
+    if lstm.bias is False or lstm.proj_size or lstm.bidirectional:
+        raise ValueError("the fused engine handles unidirectional nn.LSTMs with biases only")
+    p = {name: t.detach().to(torch.float64) for name, t in lstm.named_parameters()}
+    embed_dim = lstm.input_size - cond_dim
+    w_x, w_c = p["weight_ih_l0"][:, :embed_dim], p["weight_ih_l0"][:, embed_dim:]
+    bias0 = p["bias_ih_l0"] + p["bias_hh_l0"]
+    table = slope = base = None
+    proj = embed.proj
+    if isinstance(proj, nn.Embedding):
+        table = _f32(proj.weight.detach().double() @ w_x.T + bias0)
+    else:  # nn.Linear(1, E): gates = W_x (w x + b) + bias0
+        slope = _f32(w_x @ proj.weight.detach().double()[:, 0])
+        base = _f32(w_x @ proj.bias.detach().double() + bias0)
+    weights = [_f32(p["weight_hh_l0"].T)]
+    biases: list[torch.Tensor | None] = [None]
+    for layer in range(1, lstm.num_layers):
+        stacked = torch.cat([p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"]], dim=1)
+        weights.append(_f32(stacked.T))
+        biases.append(_f32(p[f"bias_ih_l{layer}"] + p[f"bias_hh_l{layer}"]))
+    return FusedLSTM(
+        hidden=lstm.hidden_size,
+        table=table,
+        slope=slope,
+        base=base,
+        weights_t=tuple(weights),
+        bias=tuple(biases),
+        cond_t=_f32(w_c.T) if cond_dim else None,
+    )
+
+
+def fuse_head(head: Head) -> FusedHead:
+    """The head's projection, transposed; the regression head's sampling noise std."""
+    if isinstance(head, MulawHead):
+        return FusedHead(_f32(head.proj.weight.detach().T), _f32(head.proj.bias.detach()), None)
+    if isinstance(head, RegressionHead):
+        return FusedHead(
+            _f32(head.proj.weight.detach().T),
+            _f32(head.proj.bias.detach()),
+            head.noise_std.detach().clone(),
+        )
+    raise TypeError(f"the fused engine has no support for {type(head).__name__}")
