@@ -66,7 +66,7 @@ def generate_long(
     temperature: float = 1.0,
     seed: int = 0,
     progress: bool = False,
-    crossfade: int = 0,
+    crossfade: int | None = None,
     fade: str = "equal_power",
     batch_size: int = 1,
     engine: str = "auto",
@@ -77,7 +77,7 @@ def generate_long(
     `prime=None` starts `batch_size` rows (an empty [B, 0] prime: B rows) from
     `module.context_len` samples of near-silence (see `silence_prime`); the prime itself is not
     part of the result. The same `seed` gives the same audio. `crossfade` (samples, less than
-    `chunk_len`) > 0 blends chunk overlaps with `fade` (see the module doc); each call of
+    `chunk_len`; None = the module's `default_crossfade`, else 0) > 0 blends chunk overlaps with `fade` (see the module doc); each call of
     `continue_audio` asks for at most `chunk_len` samples.
     `progress` shows a bar with samples generated per row and the real-time factor (seconds of
     one row's audio per wall-clock second). `engine` picks what continues the audio:
@@ -87,6 +87,8 @@ def generate_long(
     if n_samples < 1:
         raise ConfigError(f"n_samples={n_samples}: generate at least one sample")
     chunk_len, context_len = int(module.chunk_len), int(module.context_len)
+    if crossfade is None:
+        crossfade = int(getattr(module, "default_crossfade", 0))
     if not 0 <= crossfade < chunk_len:
         raise ConfigError(
             f"options.crossfade={crossfade}: use 0 to {chunk_len - 1} samples "
