@@ -255,6 +255,14 @@ def test_continuation_falls_back_for_other_families() -> None:
         continuation(module, "fused")
 
 
+def test_frame_models_generate_with_their_own_loop() -> None:
+    module = Seq2SeqModule(sr=8000, prev_len_max=16, next_len=8, hidden=8, layers=1, frame_size=4)
+    assert not supports(module)
+    assert continuation(module, "auto") == module.continue_audio
+    out = generate_long(module, torch.zeros(1, 16), 20, engine="auto")
+    assert out.shape == (1, 20)
+
+
 def test_generate_long_is_the_same_through_the_engine() -> None:
     """Chunk after chunk from one generator: the engine must draw exactly like the reference."""
     module = _model("mulaw")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lofibeats.errors import ConfigError
+from lofibeats.models.kl_schedules import KLSchedule
 from lofibeats.models.schedules import StepSchedule, schedule_value
 
 
@@ -53,3 +54,13 @@ def test_step_counter_survives_a_weights_only_state_dict_round_trip() -> None:
     fresh = StepSchedule("linear", start=1.0, end=0.0, steps=10)
     fresh.load_state_dict(torch.load(buffer, weights_only=True))
     assert fresh.step == 4 and fresh.value() == pytest.approx(0.6)
+
+
+def test_subclasses_declare_their_own_kinds() -> None:
+    assert KLSchedule("cyclical", steps=8, cycles=2).kind == "cyclical"
+    with pytest.raises(ConfigError, match="model.kl.schedule='inverse_sigmoid'"):
+        KLSchedule("inverse_sigmoid")
+    with pytest.raises(ConfigError, match="model.kl.steps=0"):
+        KLSchedule("logistic", steps=0)
+    with pytest.raises(ConfigError, match="tf.schedule='cyclical'"):
+        StepSchedule("cyclical", key="tf")

@@ -48,10 +48,12 @@ def _kernel_for(module: LofiModule) -> ctypes.CDLL | None:
 
 def supports(module: LofiModule) -> bool:
     """Whether `FusedEngine` reproduces `module.continue_audio`: a seq2seq module (not a
-    subclass with its own generation), an unconditioned decoder and a known head."""
+    subclass with its own generation), sample-level (frame_size 1), an unconditioned decoder and a
+    known head."""
     return (
         isinstance(module, Seq2SeqModule)
         and type(module).continue_audio is Seq2SeqModule.continue_audio
+        and module.supports_fused_engine
         and module.decoder.cond_dim == 0
         and isinstance(module.head, (MulawHead, RegressionHead))
     )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,14 @@ from lofibeats.errors import ConfigError
 
 HEADS = ("mulaw", "regression")
 _LN2 = math.log(2.0)
+
+
+class Sampling(NamedTuple):
+    """How generation draws each token from a head's output (resolved decoding options)."""
+
+    greedy: bool  # argmax / the regression mean (also when temperature is 0)
+    temperature: float
+    top_p: float | None  # nucleus threshold in (0, 1] (mu-law only), None = off
 
 
 def _uniforms(shape: torch.Size, device: torch.device, generator: torch.Generator | None):

@@ -60,6 +60,8 @@ class KLSchedule(StepSchedule):
     """Beta with its own persistent step counter (StepSchedule's: saved in the state_dict as a
     plain int, so it survives a resume and loads with weights_only=True)."""
 
+    kinds = KL_KINDS
+
     def __init__(
         self,
         schedule: str = "linear",
@@ -71,17 +73,15 @@ class KLSchedule(StepSchedule):
         sharpness: float = 10.0,
         key: str = "model.kl",
     ) -> None:
-        if schedule not in KL_KINDS:
-            raise ConfigError(f"{key}.schedule={schedule!r}: choose one of {', '.join(KL_KINDS)}")
+        super().__init__(schedule, start, end, steps, key=key)
+        if steps < 1:
+            raise ConfigError(f"{key}.steps={steps}: a KL schedule needs steps >= 1")
         if cycles < 1:
             raise ConfigError(f"{key}.cycles={cycles}: the cyclical schedule needs cycles >= 1")
         if not 0.0 < ratio <= 1.0:
             raise ConfigError(f"{key}.ratio={ratio}: give the ramp's share of a cycle, in (0, 1]")
         if sharpness <= 0:
             raise ConfigError(f"{key}.sharpness={sharpness}: give a logistic slope > 0")
-        # the base class validates `steps` as a linear schedule and owns the step counter
-        super().__init__("linear", start, end, steps, key=key)
-        self.kind = schedule
         self.cycles, self.ratio, self.sharpness = int(cycles), float(ratio), float(sharpness)
 
     def value(self) -> float:

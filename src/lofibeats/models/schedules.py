@@ -41,7 +41,13 @@ def schedule_value(
 
 
 class StepSchedule(nn.Module):
-    """A schedule plus its own persistent step counter."""
+    """A schedule plus its own persistent step counter.
+
+    Subclasses with other schedule shapes set `kinds` (the names they accept) and override
+    `value()`; the base class validates the name against `kinds` and owns the counter.
+    """
+
+    kinds: tuple[str, ...] = KINDS
 
     def __init__(
         self,
@@ -53,8 +59,8 @@ class StepSchedule(nn.Module):
         key: str = "schedule",
     ) -> None:
         super().__init__()
-        if schedule not in KINDS:
-            raise ConfigError(f"{key}.schedule={schedule!r}: choose one of {', '.join(KINDS)}")
+        if schedule not in self.kinds:
+            raise ConfigError(f"{key}.schedule={schedule!r}: choose one of {', '.join(self.kinds)}")
         if schedule == "linear" and steps < 1:
             raise ConfigError(f"{key}.steps={steps}: a linear schedule needs steps >= 1")
         if schedule == "inverse_sigmoid" and k < 1:

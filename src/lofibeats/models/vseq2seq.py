@@ -4,7 +4,9 @@ Built on :class:`Seq2SeqModule` (same embedding, encoder, heads, teacher forcing
 sampling, optimiser): the encoder's final (h, c) give the posterior q(z | prev) = N(mu, sigma^2)
 (`latent.PosteriorHead`); a reparameterised z sets the decoder's initial state through a
 learned projection and, with `z_every_step`, is concatenated to the decoder input at every step,
-so that changing z in the middle of generation changes what follows ("style change").
+so that changing z in the middle of generation changes what follows ("style change"). With
+`frame_size` > 1 (`frame_tier`) z conditions the frame-level LSTM, each frame step reading the z
+of its first sample; input dropout / noise corrupt the sample stream that both tiers read.
 
 Loss per training batch, with Tn = next length, in nats per sample:
 
@@ -44,7 +46,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import nn
 
 from lofibeats.errors import ConfigError
-from lofibeats.models.hparams import choice, merge_options, number
+from lofibeats.models.hparams import merge_options, number
 from lofibeats.models.kl_schedules import KLSchedule
 from lofibeats.models.latent import (
     LatentPath,
@@ -58,7 +60,7 @@ from lofibeats.models.latent import (
     standard_normal,
 )
 from lofibeats.models.networks import Decoder
-from lofibeats.models.seq2seq import DECODINGS, Seq2SeqModule, _top_p
+from lofibeats.models.seq2seq import Seq2SeqModule
 
 KL_DEFAULTS: dict[str, Any] = {
     "schedule": "linear",  # constant | linear | logistic | cyclical (see kl_schedules)
@@ -146,7 +148,7 @@ class VSeq2SeqModule(Seq2SeqModule):
         self.latent_to_state = LatentToState(hp.latent_dim, hp.hidden, hp.layers)
         # seq2seq's decoder, rebuilt to take z as an extra input at every step
         self.decoder = Decoder(
-            hp.embed_dim,
+            self.lstm_input_dim,
             hp.hidden,
             hp.layers,
             hp.dropout,
@@ -168,7 +170,7 @@ class VSeq2SeqModule(Seq2SeqModule):
     # ----------------------------------------------------------------- latent
     def posterior(self, prev_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """prev tokens [B, Tp] -> (mu, logvar) of q(z | prev), each [B, latent_dim]."""
-        return self.posterior_head(self.encoder(self.embed(prev_tokens)))
+        return self.posterior_head(self.encoder_state(prev_tokens))
 
     def latent_state(self, z: torch.Tensor) -> LatentState:
         """The decoder's initial state for latent z [B, D] (z is kept to condition each step)."""
@@ -204,18 +206,22 @@ class VSeq2SeqModule(Seq2SeqModule):
         return z if self.hparams.z_every_step else None
 
     # ----------------------------------------------------------------- network pieces
-    def decode(self, inputs: torch.Tensor, state: LatentState) -> tuple[torch.Tensor, LatentState]:
-        """Input tokens [B, T] -> (head outputs [B, T, ...], final state); z is `state.z`,
-        [B, D] or one per step [B, T, D]."""
-        h, (h_n, c_n) = self.decoder(self.embed(inputs), (state.h, state.c), self._cond(state.z))
-        return self.head(h), LatentState(h_n, c_n, state.z)
+    def run_decoder(self, x: torch.Tensor, state: LatentState) -> tuple[torch.Tensor, LatentState]:
+        """The decoder LSTM over x [B, T, ...] from `state`; z is `state.z`, [B, D] or one per
+        step [B, T, D]."""
+        h, (h_n, c_n) = self.decoder(x, (state.h, state.c), self._cond(state.z))
+        return h, LatentState(h_n, c_n, state.z)
 
-    def decode_step(
+    def decoder_step(
         self, x_t: torch.Tensor, state: LatentState
     ) -> tuple[torch.Tensor, LatentState]:
-        """One decoder step: input tokens [B] -> (head output, new state); z is `state.z` [B, D]."""
-        h, (h_n, c_n) = self.decoder.step(self.embed(x_t), (state.h, state.c), self._cond(state.z))
-        return self.head(h), LatentState(h_n, c_n, state.z)
+        """One decoder LSTM step; z is `state.z` [B, D]."""
+        h, (h_n, c_n) = self.decoder.step(x_t, (state.h, state.c), self._cond(state.z))
+        return h, LatentState(h_n, c_n, state.z)
+
+    def with_cond(self, state: LatentState, cond_t: torch.Tensor) -> LatentState:
+        """`state` conditioned on the latent `cond_t` [B, D] from this step on."""
+        return state._replace(z=cond_t)
 
     # ----------------------------------------------------------------- training
     def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -231,19 +237,6 @@ class VSeq2SeqModule(Seq2SeqModule):
         if dropout > 0:
             audio = audio.masked_fill(torch.rand_like(audio) < dropout, 0.0)
         return self.head.tokens(audio)
-
-    def teacher_forced(
-        self, inputs: torch.Tensor, state: LatentState, ratio: float
-    ) -> torch.Tensor:
-        """Head outputs for decoder `inputs` [B, Tn] from `state`, feeding the ground truth with
-        probability `ratio` (seq2seq's scheduled sampling, model.teacher_forcing.mode)."""
-        if ratio >= 1.0:
-            return self.decode(inputs, state)[0]
-        truth = self.truth_mask(inputs.shape, ratio, inputs.device)
-        tf = self.hparams.teacher_forcing
-        if tf["mode"] == "exact":
-            return self.scheduled_exact(inputs, truth, state)
-        return self.scheduled_parallel(inputs, truth, state, tf["passes"])
 
     def elbo_terms(
         self,
@@ -375,29 +368,16 @@ class VSeq2SeqModule(Seq2SeqModule):
         `lofibeats.generation.style`). Otherwise z is inferred from `prev`: mu + `creativity` *
         sigma * eps (0 = the posterior mean, 1 = a posterior sample, > 1 wilder; unset = the
         model.creativity hparam), eps from `generator`; an empty `prev` draws from the prior.
-        The decoder starts from the first output's z; with `z_every_step` each step reads its own.
+        The decoder starts from the first output's z; with `z_every_step` each step reads its own
+        (frame models: each frame step reads its first sample's).
         """
-        hp = self.hparams
-        greedy = choice(decoding or hp.decoding, DECODINGS, "decoding") == "greedy"
-        temperature = number(
-            hp.temperature if temperature is None else temperature, "temperature", low=0.0
-        )
-        top_p = hp.top_p if top_p is None else _top_p(top_p, "top_p")
-        creativity = hp.creativity if creativity is None else creativity
-        if prev.dim() != 2:
-            raise ValueError(f"prev must be [batch, time], got shape {tuple(prev.shape)}")
-        prev = prev[:, -self.context_len :].to(self.device, torch.float32)
+        sampling = self.sampling_options(temperature, decoding, top_p)
+        creativity = self.hparams.creativity if creativity is None else creativity
+        prev = self.crop_prev(prev)
         path = self.latent_path(prev, n_samples, z, creativity, generator)
         if n_samples == 0:
             return prev.new_zeros(prev.shape[0], 0)
         prev_tokens = self.head.tokens(prev)
         state = self.latent_state(path[:, 0])
-        x_t = self.first_input(prev_tokens)
-        tokens = []
-        for t in range(n_samples):
-            out, state = self.decode_step(x_t, state._replace(z=path[:, t]))
-            x_t = self.head.sample(
-                out, temperature=temperature, greedy=greedy, top_p=top_p, generator=generator
-            )
-            tokens.append(x_t)
-        return self.head.audio(torch.stack(tokens, dim=1))
+        tokens = self.generate_tokens(prev_tokens, state, n_samples, sampling, generator, path)
+        return self.head.audio(tokens)

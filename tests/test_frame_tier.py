@@ -1,0 +1,226 @@
+"""The frame tier (`model.frame_size` > 1): config, training, exact generation, vseq2seq, checkpoints."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+from torch.utils.data import DataLoader, TensorDataset
+
+from lofibeats.errors import ConfigError
+from lofibeats.models.checkpoint import load_module
+from lofibeats.models.frame_tier import left_pad
+from lofibeats.models.seq2seq import Seq2SeqModule
+from lofibeats.models.vseq2seq import VSeq2SeqModule
+
+SR = 8000
+PREV, NEXT, K = 61, 32, 4  # prev deliberately not a multiple of the frame size
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers:UserWarning",
+    "ignore:.*self.log.*but the `self.trainer` reference is not registered:UserWarning",
+)
+
+
+def tiny(cls: type[Seq2SeqModule] = Seq2SeqModule, **overrides) -> Seq2SeqModule:
+    torch.manual_seed(0)
+    kwargs = dict(sr=SR, prev_len_max=64, next_len=NEXT, hidden=16, layers=2, embed_dim=8)
+    kwargs.update(warmup_steps=0, frame_size=K, sample_hidden=12)
+    if cls is VSeq2SeqModule:
+        kwargs.update(latent_dim=4, log_z_samples=0)
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+def sines(n: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
+    x = 0.5 * torch.sin(2 * math.pi * 300.0 * torch.arange(PREV + NEXT)[None] / SR + phase)
+    return x[:, :PREV], x[:, PREV:]
+
+
+def fit(model: Seq2SeqModule) -> pl.Trainer:
+    data = TensorDataset(*sines(8))
+    trainer = pl.Trainer(
+        max_steps=3,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
+    return trainer
+
+
+# --------------------------------------------------------------------------- config
+def test_frame_size_one_is_the_sample_level_model() -> None:
+    """frame_size=1 builds (and initialises) exactly the model built without the key."""
+    torch.manual_seed(0)
+    kwargs = dict(sr=SR, prev_len_max=64, next_len=NEXT, hidden=16, layers=2, embed_dim=8)
+    plain = Seq2SeqModule(**kwargs, warmup_steps=0)
+    one = tiny(frame_size=1)
+    assert one.sample_tier is None and one.supports_fused_engine
+    expected = dict(plain.named_parameters())
+    assert all(torch.equal(v, expected[k]) for k, v in one.named_parameters())
+    assert one.state_dict().keys() == plain.state_dict().keys()
+    prev, nxt = sines(2)
+    tokens = plain.head.tokens(prev), plain.head.tokens(nxt)
+    assert torch.equal(one.outputs(*tokens), plain.outputs(*tokens))
+    framed = tiny()
+    assert not framed.supports_fused_engine and framed.decoder.lstm.input_size == K
+    assert framed.head.proj.in_features == 12
+
+
+@pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        ({"next_len": 30}, ("model.frame_size=4", "data.next_len=30")),
+        ({"frame_size": 0}, ("model.frame_size=0",)),
+        ({"sample_hidden": 0}, ("model.sample_hidden=0",)),
+    ],
+)
+def test_bad_frame_configs_raise_config_errors_naming_the_keys(overrides, keys) -> None:
+    with pytest.raises(ConfigError) as info:
+        tiny(**overrides)
+    assert all(key in str(info.value) for key in keys) and "\n" not in str(info.value)
+
+
+def test_config_composes_with_a_frame_size(make_cfg) -> None:
+    cfg = make_cfg("train", ["debug=fast", "model=vseq2seq", "model.frame_size=16"])
+    model = instantiate(cfg.model, _convert_="all")
+    assert model.frame_size == 16 and model.hparams.next_len % 16 == 0
+
+
+def test_left_pad_to_whole_frames() -> None:
+    silence = torch.tensor([128])
+    tokens = torch.arange(6)[None]
+    assert left_pad(tokens, 4, silence).tolist() == [[128, 128, 0, 1, 2, 3, 4, 5]]
+    assert left_pad(tokens[:, :4], 4, silence).tolist() == [[0, 1, 2, 3]]
+    assert left_pad(tokens[:, :0], 4, silence).tolist() == [[128] * 4]
+
+
+# --------------------------------------------------------------------------- training
+@pytest.mark.parametrize("head", ["mulaw", "regression"])
+def test_trains_a_few_steps_with_finite_losses(head: str) -> None:
+    model = tiny(head=head)
+    trainer = fit(model)
+    metrics = trainer.callback_metrics
+    assert all(
+        torch.isfinite(metrics[k]) for k in ("train/loss", "val/loss", "val/bits_per_sample")
+    )
+    assert model.sample_tier.window.weight.grad is not None
+
+
+@pytest.mark.parametrize("mode", ["parallel", "exact"])
+def test_scheduled_sampling_backpropagates_through_both_tiers(mode: str) -> None:
+    model = tiny(teacher_forcing={"mode": mode, "start": 0.5, "end": 0.5})
+    loss = model.training_step(sines(4), 0)
+    loss.backward()
+    for param in (model.encoder.lstm.weight_hh_l0, model.sample_tier.upsample.weight):
+        assert param.grad is not None and param.grad.abs().sum() > 0
+
+
+def test_coins_are_per_frame_and_jacobi_passes_reach_the_exact_frame_loop() -> None:
+    model = tiny()
+    truth = model.truth_mask(torch.Size((3, NEXT)), 0.5, torch.device("cpu"))
+    assert torch.equal(truth, truth[:, ::K].repeat_interleave(K, dim=1)) and truth[:, :K].all()
+    prev, nxt = sines(4)
+    prev_tokens, next_tokens = model.head.tokens(prev), model.head.tokens(nxt)
+    losses = {}
+    for mode, passes in [("exact", 2), ("parallel", NEXT // K)]:
+        twin = tiny(teacher_forcing={"mode": mode, "passes": passes, "predictions": "greedy"})
+        twin.load_state_dict(model.state_dict())
+        torch.manual_seed(7)  # the same coins for both modes
+        out = twin.eval().outputs(prev_tokens, next_tokens, 0.0)
+        losses[mode] = twin.head.loss(out, next_tokens).item()
+    forced = model.head.loss(model.outputs(prev_tokens, next_tokens), next_tokens).item()
+    assert losses["parallel"] == pytest.approx(losses["exact"], abs=1e-5)
+    assert losses["exact"] != pytest.approx(forced, abs=1e-3)
+
+
+# --------------------------------------------------------------------------- generation
+@pytest.mark.parametrize("rows", [1, 3])  # one stream takes a rank-1 path
+@pytest.mark.parametrize("head", ["mulaw", "regression"])
+def test_greedy_generation_equals_the_teacher_forced_pass(head: str, rows: int) -> None:
+    """The per-frame NumPy loop computes what the parallel training pass computes."""
+    model = tiny(head=head).eval()
+    prev, _ = sines(rows, seed=1)
+    out = model.continue_audio(prev, NEXT, decoding="greedy")
+    prev_tokens, tokens = model.head.tokens(prev), model.head.tokens(out)
+    forced = model.outputs(prev_tokens, tokens)
+    if head == "mulaw":
+        assert torch.equal(forced.argmax(-1), tokens)
+    else:
+        assert torch.allclose(forced, tokens, atol=1e-5)
+
+
+def test_continue_audio_lengths_range_and_determinism() -> None:
+    model = tiny().eval()
+    prev, _ = sines(2)
+
+    def run(n: int = 10, seed: int = 0, source: torch.Tensor = prev, **options) -> torch.Tensor:
+        return model.continue_audio(
+            source, n, generator=torch.Generator().manual_seed(seed), **options
+        )
+
+    out = run(10)  # not a multiple of the frame size
+    assert out.shape == (2, 10) and out.dtype == torch.float32 and out.abs().max() <= 1.0
+    assert torch.equal(out, run(10)) and not torch.equal(out, run(10, seed=1))
+    assert torch.equal(run(8), run(12)[:, :8])  # whole frames are drawn in order
+    assert run(5, source=prev[:, :0]).shape == (2, 5)  # no prime: silence
+    assert run(5, source=prev[:, :3]).shape == (2, 5)  # a prime shorter than a frame
+    assert run(9, top_p=0.5).shape == (2, 9)
+    assert torch.equal(run(7, temperature=0.0), run(7, seed=3, decoding="greedy"))
+    assert model.continue_audio(prev, 0).shape == (2, 0)
+
+
+def test_gumbel_sampling_follows_the_softmax() -> None:
+    """A model whose sample tier outputs fixed logits: draws follow softmax(logits / T)."""
+    model = tiny().eval()
+    with torch.no_grad():
+        model.head.proj.weight.zero_()
+        model.head.proj.bias.fill_(-30.0)
+        model.head.proj.bias[[10, 20]] = torch.tensor([math.log(0.75), math.log(0.25)])
+    out = model.continue_audio(torch.zeros(1, 8), 4000, generator=torch.Generator().manual_seed(0))
+    tokens = model.head.tokens(out)
+    assert set(tokens.unique().tolist()) == {10, 20}
+    assert (tokens == 10).float().mean().item() == pytest.approx(0.75, abs=0.03)
+
+
+# --------------------------------------------------------------------------- vseq2seq, checkpoints
+def test_vseq2seq_frames_train_and_generate_with_z_conditioning_each_frame() -> None:
+    model = tiny(VSeq2SeqModule)
+    trainer = fit(model)
+    assert torch.isfinite(trainer.callback_metrics["val/elbo_bits"])
+    model.eval()
+    prev, _ = sines(2, seed=2)
+    z = model.latent_from_audio(prev)
+    out = model.continue_audio(prev, NEXT, decoding="greedy", z=z)
+    tokens = model.head.tokens(out)
+    inputs = model.decoder_inputs(model.head.tokens(prev), tokens)
+    forced = model.decode(inputs, model.latent_state(z))[0]
+    assert torch.equal(forced.argmax(-1), tokens)
+    other = torch.randn(2, NEXT, 4, generator=torch.Generator().manual_seed(0))
+    moved = model.continue_audio(
+        prev, NEXT, decoding="greedy", z=torch.cat([z[:, None].expand(-1, 8, -1), other[:, 8:]], 1)
+    )
+    assert torch.equal(moved[:, :8], out[:, :8]) and not torch.equal(moved, out)
+
+
+@pytest.mark.parametrize("cls", [Seq2SeqModule, VSeq2SeqModule])
+def test_checkpoint_round_trip_through_load_module(cls, tmp_path: Path) -> None:
+    model = tiny(cls).eval()
+    path = tmp_path / "frame.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
+    loaded = load_module(path)
+    assert type(loaded) is cls and loaded.frame_size == K
+    prev, _ = sines(2)
+    expected = model.continue_audio(prev, 20, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(
+        loaded.continue_audio(prev, 20, generator=torch.Generator().manual_seed(0)), expected
+    )
