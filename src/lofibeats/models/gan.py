@@ -7,10 +7,11 @@ The generator and discriminators are in `gan_networks`, the losses in `gan_losse
 Training (manual optimisation, two Adam optimisers with their own learning rates, TTUR):
 
 1. Warm-up: for the first `adv_warmup_steps` generator steps G is trained on the
-   multi-resolution STFT loss alone and D is not touched (one optimizer step per batch).
+   multi-resolution STFT loss (+ dc_weight * the L1 between segment means) alone and D is not
+   touched (one optimizer step per batch).
 2. Adversarial: every batch makes one D step; every `n_critic`-th batch (by D's own step count)
-   also makes one G step on stft_weight * STFT + adv_weight * adversarial + fm_weight * feature
-   matching. wgan_gp adds gp_weight * gradient penalty to D's loss.
+   also makes one G step on stft_weight * STFT + dc_weight * DC + adv_weight * adversarial +
+   fm_weight * feature matching. wgan_gp adds gp_weight * gradient penalty to D's loss.
 
 The generator/discriminator step counts live in the state_dict (`steps`), so the switch happens
 at the configured generator step even across a resume, and never depends on `global_step`.
@@ -113,6 +114,7 @@ class GanModule(LofiModule):
         adv_weight: float = 1.0,
         fm_weight: float = 2.0,
         stft_weight: float = 2.0,
+        dc_weight: float = 10.0,
         gp_weight: float = 10.0,
         adv_warmup_steps: int = 1000,
         n_critic: int = 1,
@@ -157,6 +159,7 @@ class GanModule(LofiModule):
                 "adv_weight": number(adv_weight, "model.adv_weight", low=0.0),
                 "fm_weight": number(fm_weight, "model.fm_weight", low=0.0),
                 "stft_weight": number(stft_weight, "model.stft_weight", low=0.0),
+                "dc_weight": number(dc_weight, "model.dc_weight", low=0.0),
                 "gp_weight": number(gp_weight, "model.gp_weight", low=0.0),
                 "adv_warmup_steps": number(
                     adv_warmup_steps, "model.adv_warmup_steps", kind=int, low=0
@@ -265,6 +268,8 @@ class GanModule(LofiModule):
         with self.toggled_optimizer(optimizer):
             fake = self.generator(prev, self.noise(prev.shape[0]))
             stft = self.stft_loss(fake, nxt)
+            # magnitude spectra barely see a constant offset: match each segment's mean directly
+            dc = (fake.mean(-1) - nxt.mean(-1)).abs().mean()
             adv = fm = torch.zeros((), device=self.device)
             if adversarial:
                 fake_x = self.d_input(prev, fake)
@@ -277,13 +282,16 @@ class GanModule(LofiModule):
                 else:
                     generated = self.discriminator(fake_x)
                 adv = generator_loss(hp.adv_loss, [o.logits for o in generated])
-            loss = hp.stft_weight * stft + hp.adv_weight * adv + hp.fm_weight * fm
+            loss = (
+                hp.stft_weight * stft + hp.dc_weight * dc + hp.adv_weight * adv + hp.fm_weight * fm
+            )
             optimizer.zero_grad(set_to_none=True)
             self.manual_backward(loss)
             self._clip_and_step(optimizer)
         self.steps.g += 1
         self.log("train/g_loss", loss)
         self.log("train/stft", stft)
+        self.log("train/dc", dc)
         self.log("train/adv_g", adv)
         self.log("train/fm", fm)
         return loss.detach()
