@@ -241,7 +241,8 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 def result_table(result: dict[str, Any]) -> Table:
     tf, gen, fd = result["teacher_forced"], result["generation"], result["frechet_logmel"]
     table = Table(
-        title=f"{result['checkpoint']} ({result['family']}, {result['sr']} Hz, {result['head']} head)"
+        title=f"{result['checkpoint']} ({result['family']}, {result['sr']} Hz"
+        + (f", {result['head']} head)" if result["head"] else ")")
     )
     table.add_column("metric")
     table.add_column("value", justify="right")
