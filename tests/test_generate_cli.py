@@ -100,7 +100,7 @@ def test_val_prime_take_i_continues_val_clip_i(
          f"data.raw_dir={raw}", "data.prepare_workers=1"],
     )  # fmt: skip
     generate(cfg)
-    datamodule = val_datamodule(load_for_inference(cfg)[0], cfg.data)
+    datamodule = val_datamodule(load_for_inference(cfg)[0], cfg.data)  # data.* given: cfg.data
     for i in range(3):
         take = sf.read(Path(cfg.out_dir) / f"take_{i:02d}.wav", dtype="float32")[0]
         assert take.shape == (2000 + 400,)
@@ -132,7 +132,7 @@ def test_ckpt_last_prefers_the_newest_last_ckpt(
     best = save_tiny_checkpoint(tmp_path / "outputs/2026-01-03/00-00-00_1/checkpoints/best.ckpt")
     for path, mtime in ((old, 1e9), (new, 1.1e9), (best, 1.2e9)):  # best: newest, but not last
         os.utime(path, (mtime, mtime))
-    module, found = load_for_inference(make_cfg("generate", ["ckpt=last"]))
+    module, found, _ = load_for_inference(make_cfg("generate", ["ckpt=last"]))
     assert found == new
     assert module.family == "seq2seq" and module.sample_rate == SR and not module.training
 

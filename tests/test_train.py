@@ -46,6 +46,13 @@ def test_fast_run_writes_checkpoints_tensorboard_and_samples(make_cfg) -> None:
         or tags.get("scalars", []).count("final/steps") == 1
     )
 
+    # generate/eval find the data the model was trained on (the debug corpus), not the default
+    from lofibeats.generation.run import load_for_inference
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    _, _, data = load_for_inference(make_cfg("generate", [f"ckpt={last}"], run="generate"))
+    assert data["builtin"]["tracks"] == cfg.data.builtin.tracks == 3
+
     audio, sr = sf.read(run_dir / "samples" / "prime0_latest.wav")
     assert sr == cfg.data.sr
     assert len(audio) == round(

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -30,7 +31,7 @@ from lofibeats.generation.prime import pad_to_context, read_prime
 from lofibeats.generation.style import style_path
 from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.base import LofiModule
-from lofibeats.models.checkpoint import load_module
+from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.runs import resolve_checkpoint
 from lofibeats.units import to_samples
@@ -74,20 +75,37 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_for_inference(cfg: DictConfig) -> tuple[LofiModule, Path]:
+def load_for_inference(cfg: DictConfig) -> tuple[LofiModule, Path, Mapping[str, Any]]:
     """Resolve `cfg.ckpt` (`last` = newest under outputs/), load it on `cfg.device`, eval mode.
 
-    Also applies `cfg.threads` (null leaves torch's default of one thread per core).
+    Returns the module, its path and the data config to read primes and real audio from: the
+    data the checkpoint was trained on, unless the command line sets any `data.*` key (then
+    `cfg.data`). Also applies `cfg.threads` (null leaves torch's default of one per core).
     """
     if cfg.get("threads") is not None:
         torch.set_num_threads(positive(cfg, "threads", int))
     path = resolve_checkpoint(str(cfg.ckpt), Path(cfg.paths.root_dir) / "outputs")
-    return load_module(path, map_location=pick_device(str(cfg.get("device", "cpu")))), path
+    device = pick_device(str(cfg.get("device", "cpu")))
+    ckpt = read_checkpoint(path, map_location=device)
+    module = module_from_checkpoint(ckpt, path, map_location=device)
+    trained = ckpt.get("datamodule_hyper_parameters")
+    data_cfg = cfg.data if _data_given_on_command_line() or not trained else trained
+    return module, path, data_cfg
 
 
-def data_config_for(module: LofiModule, data_cfg: DictConfig) -> dict[str, Any]:
+def _data_given_on_command_line() -> bool:
+    if not HydraConfig.initialized():
+        return False
+    return any(o.lstrip("+~").startswith("data.") for o in HydraConfig.get().overrides.task)
+
+
+def data_config_for(module: LofiModule, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The data config at the checkpoint's rate and window lengths (the windows it trained on)."""
-    data = OmegaConf.to_container(data_cfg, resolve=True)
+    data = (
+        OmegaConf.to_container(data_cfg, resolve=True)
+        if isinstance(data_cfg, DictConfig)
+        else dict(data_cfg)
+    )
     assert isinstance(data, dict)
     data["sr"] = module.sample_rate
     data["prev_len_max"] = module.context_len
@@ -97,7 +115,7 @@ def data_config_for(module: LofiModule, data_cfg: DictConfig) -> dict[str, Any]:
     return data
 
 
-def val_datamodule(module: LofiModule, data_cfg: DictConfig) -> LofiDataModule:
+def val_datamodule(module: LofiModule, data_cfg: Mapping[str, Any]) -> LofiDataModule:
     """A prepared LofiDataModule over the data config, at the checkpoint's rate."""
     datamodule = LofiDataModule.from_config(data_config_for(module, data_cfg))
     datamodule.prepare_data()
@@ -127,7 +145,9 @@ def generation_options(module: LofiModule, options: Mapping[str, Any] | None) ->
     return given
 
 
-def build_primes(cfg: DictConfig, module: LofiModule, n: int, notes: Console) -> np.ndarray | None:
+def build_primes(
+    cfg: DictConfig, module: LofiModule, data_cfg: Mapping[str, Any], n: int, notes: Console
+) -> np.ndarray | None:
     """[n, T] float32 primes for `cfg.prime` (val | none | a file), or None for no prime.
 
     Take i of prime=val continues val clip i (the start of val source i, see `val_clip`).
@@ -138,7 +158,7 @@ def build_primes(cfg: DictConfig, module: LofiModule, n: int, notes: Console) ->
         return None
     if str(choice) == "val":
         length = round(positive(cfg, "prime_seconds") * sr)
-        datamodule = val_datamodule(module, cfg.data)
+        datamodule = val_datamodule(module, data_cfg)
         return np.stack([datamodule.val_clip(i, length) for i in range(n)])
     seconds = None if cfg.get("prime_seconds") is None else positive(cfg, "prime_seconds")
     audio, file_sr = read_prime(Path(str(choice)), sr, seconds)
@@ -155,10 +175,10 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     seconds = positive(cfg, "seconds")
     temperature = positive(cfg, "temperature", allow_zero=True)
     seed = int(cfg.get("seed") or 0)
-    module, ckpt = load_for_inference(cfg)
+    module, ckpt, data_cfg = load_for_inference(cfg)
     sr = module.sample_rate
     options = generation_options(module, cfg.get("options"))
-    primes = build_primes(cfg, module, n, notes)
+    primes = build_primes(cfg, module, data_cfg, n, notes)
     prime_len = 0 if primes is None else primes.shape[1]
     if primes is not None and prime_len < module.context_len:
         notes.print(

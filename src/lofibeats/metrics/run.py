@@ -172,10 +172,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     quiet_third_party()
     console = Console()
     n = positive(cfg, "n", int)
-    module, ckpt = load_for_inference(cfg)
+    module, ckpt, data_cfg = load_for_inference(cfg)
     options = generation_options(module, cfg.get("options"))
     sr = module.sample_rate
-    data = data_config_for(module, cfg.data)
+    data = data_config_for(module, data_cfg)
     audio = EvalAudio.prepare(data, str(cfg.split), progress=bool(cfg.get("progress", True)))
 
     tf_windows = audio.windows(

@@ -61,7 +61,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> LofiModule:
     """Rebuild the model saved in the Lightning checkpoint `path`, in eval mode on `map_location`."""
-    ckpt = read_checkpoint(path, map_location)
+    return module_from_checkpoint(read_checkpoint(path, map_location), path, map_location)
+
+
+def module_from_checkpoint(
+    ckpt: dict, path: str | Path, map_location: str | torch.device = "cpu"
+) -> LofiModule:
+    """Rebuild the model of a checkpoint dict from `read_checkpoint(path)`, in eval mode."""
     hparams = ckpt["hyper_parameters"]
     family = hparams.get("family")
     if family not in FAMILIES:
