@@ -1,20 +1,26 @@
-"""Benchmark generation speed of the frame tier: `model.frame_size` 1 vs 4 vs 16.
+"""Benchmark generation speed of the frame tier: `model.frame_size` 1 vs 4 vs 16, reference vs kernel.
 
     python benchmarks/frame_generate.py [--seconds 1.0] [--threads 1] [--hidden 256] [--repeats 3]
 
 A 2 x `hidden` LSTM mu-law seq2seq with random weights (speed does not depend on the weights),
-one stream, 16 kHz, `continue_audio` with sampled decoding, chunk after chunk of `next_len` =
-4096 samples. Prints samples/s, the real-time factor (audio seconds per wall second) and the
-ratio to frame_size=1 measured in the same run (the best of `--repeats` runs each).
+one stream, 16 kHz, sampled decoding, chunk after chunk of `next_len` = 4096 samples, through
+two paths: "reference" (`module.continue_audio`: for frame models the frame LSTM in torch and
+the per-sample NumPy loop of `FrameSampler`) and "engine" (what `engine=auto` runs: the C
+kernel, `FusedEngine` for frame_size 1 and `FrameEngine` above). Prints samples/s, the
+real-time factor (audio seconds per wall second), the ratio engine / reference per frame
+size and the ratio to the reference at frame_size=1, all measured in the same run (the best
+of `--repeats` runs each).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
+from lofibeats.generation.engine import continuation, describe
 from lofibeats.models.seq2seq import Seq2SeqModule
 
 SR = 16000
@@ -28,16 +34,18 @@ def build(frame_size: int, hidden: int) -> Seq2SeqModule:
     ).eval()
 
 
-def best_time(module: Seq2SeqModule, prime: torch.Tensor, n_samples: int, repeats: int) -> float:
+def best_time(
+    run: Callable[..., torch.Tensor], chunk: int, prime: torch.Tensor, n: int, repeats: int
+) -> float:
     times = []
     for seed in range(repeats):
         generator = torch.Generator().manual_seed(seed)
         started = time.perf_counter()
         produced = 0
-        while produced < n_samples:
-            n = min(module.chunk_len, n_samples - produced)
-            module.continue_audio(prime, n, generator=generator)
-            produced += n
+        while produced < n:
+            step = min(chunk, n - produced)
+            run(prime, step, generator=generator)
+            produced += step
         times.append(time.perf_counter() - started)
     return min(times)
 
@@ -59,12 +67,19 @@ def main() -> None:
     baseline = None
     for frame_size in FRAME_SIZES:
         module = build(frame_size, args.hidden)
-        seconds = best_time(module, prime, n_samples, args.repeats)
-        rate = n_samples / seconds
-        baseline = baseline or rate
+        paths = {"reference": module.continue_audio, "engine": continuation(module, "auto")}
+        rates = {}
+        for name, run in paths.items():
+            seconds = best_time(run, module.chunk_len, prime, n_samples, args.repeats)
+            rates[name] = rate = n_samples / seconds
+            baseline = baseline or rate
+            label = describe(module, "auto") if name == "engine" else name
+            print(
+                f"frame_size={frame_size:>2} {label:<17}: {rate:9.0f} samples/s  "
+                f"RTF {rate / SR:6.2f}x  ratio to frame_size=1 reference: {rate / baseline:6.2f}"
+            )
         print(
-            f"frame_size={frame_size:>2}: {rate:9.0f} samples/s  RTF {rate / SR:6.2f}x  "
-            f"ratio to frame_size=1: {rate / baseline:5.2f}"
+            f"frame_size={frame_size:>2} engine / reference: {rates['engine'] / rates['reference']:.2f}x"
         )
 
 

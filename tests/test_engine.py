@@ -12,11 +12,20 @@ from lofibeats.errors import ConfigError
 from lofibeats.generation import kernel
 from lofibeats.generation.backend_c import CBackend, pack_panels
 from lofibeats.generation.backend_torch import TorchBackend
-from lofibeats.generation.engine import FusedEngine, continuation, supports
+from lofibeats.generation.engine import (
+    FrameEngine,
+    FusedEngine,
+    LatentEngine,
+    continuation,
+    describe,
+    supports,
+    supports_frames,
+)
 from lofibeats.generation.fused import fuse_head, fuse_lstm
 from lofibeats.generation.longform import generate_long
 from lofibeats.models.networks import Decoder, InputEmbedding
 from lofibeats.models.seq2seq import Seq2SeqModule
+from lofibeats.models.vseq2seq import VSeq2SeqModule
 
 BACKENDS = ["c", "torch"]
 
@@ -232,6 +241,160 @@ def test_cond_input_matches_decoder_step(backend: str, per_step: bool) -> None:
         fuse_lstm(decoder.lstm, embed, cond_dim).cond_gates(None)
 
 
+# ------------------------------------------------------------------- frame models
+def _frame_model(head: str, hidden: int = 13, k: int = 4, width: int = 10) -> Seq2SeqModule:
+    """A small frame model (4H = 52, k M = 40: padded panels in the kernel), random biases."""
+    torch.manual_seed(0)
+    module = Seq2SeqModule(
+        sr=8000,
+        prev_len_max=64,
+        next_len=8 * k,
+        hidden=hidden,
+        layers=2,
+        embed_dim=8,
+        head=head,
+        frame_size=k,
+        sample_hidden=width,
+    ).eval()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "bias" in name or name.endswith(("h0", "c0")):
+                p.normal_(0.0, 0.3)
+        if head == "regression":
+            module.head.noise_std.fill_(0.05)
+    return module
+
+
+def _frame_pair(module, prev, n, **options) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference NumPy loop, C frame engine) from generators with the same seed."""
+    ref = module.continue_audio(prev, n, generator=torch.Generator().manual_seed(7), **options)
+    engine = FrameEngine(module, "c")
+    out = engine.continue_audio(prev, n, generator=torch.Generator().manual_seed(7), **options)
+    return ref, out
+
+
+FRAME_OPTIONS = [
+    {"decoding": "greedy"},
+    {"decoding": "sample"},
+    {"decoding": "sample", "temperature": 0.7, "top_p": 0.8},
+]
+
+
+@pytest.mark.parametrize("rows", [1, 3])  # the reference takes a rank-1 path for one stream
+@pytest.mark.parametrize("options", FRAME_OPTIONS, ids=["greedy", "gumbel", "top_p"])
+def test_frame_engine_mulaw_matches_the_numpy_loop(rows: int, options: dict) -> None:
+    module = _frame_model("mulaw")
+    ref, out = _frame_pair(module, _prev(rows, 61), 203, **options)  # 203: a partial last frame
+    assert out.shape == ref.shape == (rows, 203)
+    if options["decoding"] == "greedy":
+        assert torch.equal(out, ref)
+    else:  # the same draws: a class differs only where fp32 summation order flips a decision
+        assert (out == ref).float().mean() >= 0.99
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("decoding", ["greedy", "sample"])
+def test_frame_engine_regression_matches_the_numpy_loop(rows: int, decoding: str) -> None:
+    module = _frame_model("regression", k=16, width=20)
+    ref, out = _frame_pair(module, _prev(rows, 50), 100, decoding=decoding)
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+
+
+def test_frame_engine_draws_like_the_reference_and_handles_edge_cases() -> None:
+    module = _frame_model("mulaw")
+    engine = FrameEngine(module)
+    for options in FRAME_OPTIONS:
+        g_ref, g_eng = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        module.continue_audio(_prev(2, 61), 30, generator=g_ref, **options)
+        engine.continue_audio(_prev(2, 61), 30, generator=g_eng, **options)
+        assert torch.equal(g_ref.get_state(), g_eng.get_state())
+    empty = torch.zeros(2, 0)
+    ref = module.continue_audio(empty, 9, decoding="greedy")
+    assert torch.equal(engine.continue_audio(empty, 9, decoding="greedy"), ref)
+    assert engine.continue_audio(_prev(), 0).shape == (3, 0)
+    state = module.encode(torch.zeros(1, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="valid classes"):
+        engine.backend.generate(
+            state,
+            torch.full((1, 4), 256),
+            2,
+            offsets=torch.zeros(8, 1, 256),
+            draws=None,
+            temperature=1.0,
+            top_p=None,
+        )
+    with pytest.raises(ValueError, match="frame models"):
+        FrameEngine(_model("mulaw"))
+
+
+# ------------------------------------------------------------------- vseq2seq
+def _latent_model(head: str = "mulaw", z_every_step: bool = True) -> VSeq2SeqModule:
+    torch.manual_seed(0)
+    module = VSeq2SeqModule(
+        sr=8000,
+        prev_len_max=64,
+        next_len=32,
+        hidden=24,
+        layers=2,
+        embed_dim=8,
+        head=head,
+        latent_dim=4,
+        z_every_step=z_every_step,
+        log_z_samples=0,
+    ).eval()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "bias" in name:
+                p.normal_(0.0, 0.3)
+    return module
+
+
+LATENT_OPTIONS = [
+    {"decoding": "greedy"},
+    {"decoding": "sample", "creativity": 1.0},
+    {"decoding": "sample", "temperature": 0.7, "top_p": 0.8},
+    {"decoding": "greedy", "z": "per_step"},
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("z_every_step", [True, False], ids=["z_every_step", "z_initial"])
+@pytest.mark.parametrize("options", LATENT_OPTIONS, ids=["greedy", "creative", "top_p", "z_path"])
+def test_latent_engine_matches_vseq2seq(backend: str, z_every_step: bool, options: dict) -> None:
+    """Same z (inferred with creativity from the same generator, or given per step), same
+    uniforms, same generator state afterwards."""
+    module = _latent_model("mulaw", z_every_step)
+    options = dict(options)
+    if options.get("z") == "per_step":
+        options["z"] = torch.randn(3, 150, 4, generator=torch.Generator().manual_seed(9))
+    engine = LatentEngine(module, backend)
+    assert engine.backend.name == backend
+    g_ref, g_eng = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    ref = module.continue_audio(_prev(3, 61), 150, generator=g_ref, **options)
+    out = engine.continue_audio(_prev(3, 61), 150, generator=g_eng, **options)
+    assert torch.equal(g_ref.get_state(), g_eng.get_state())
+    if options["decoding"] == "greedy":
+        assert torch.equal(out, ref)
+    else:
+        assert (out == ref).float().mean() >= 0.99
+
+
+def test_latent_engine_regression_routing_and_long_form() -> None:
+    module = _latent_model("regression")
+    ref = module.continue_audio(_prev(2, 61), 80, generator=torch.Generator().manual_seed(1))
+    out = LatentEngine(module).continue_audio(
+        _prev(2, 61), 80, generator=torch.Generator().manual_seed(1)
+    )
+    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+    module = _latent_model("mulaw")
+    assert supports(module) and isinstance(continuation(module, "auto").__self__, LatentEngine)
+    prime = _prev(2, 61)
+    ref = generate_long(module, prime, 90, seed=4, engine="reference", creativity=0.5)
+    out = generate_long(module, prime, 90, seed=4, engine="auto", creativity=0.5)
+    assert (out == ref).float().mean() >= 0.99
+    assert LatentEngine(module).continue_audio(prime, 0).shape == (2, 0)
+
+
 # ------------------------------------------------------------------- selection and fallback
 def test_continuation_selects_the_engine() -> None:
     module = _model("mulaw")
@@ -255,12 +418,25 @@ def test_continuation_falls_back_for_other_families() -> None:
         continuation(module, "fused")
 
 
-def test_frame_models_generate_with_their_own_loop() -> None:
-    module = Seq2SeqModule(sr=8000, prev_len_max=16, next_len=8, hidden=8, layers=1, frame_size=4)
-    assert not supports(module)
-    assert continuation(module, "auto") == module.continue_audio
-    out = generate_long(module, torch.zeros(1, 16), 20, engine="auto")
-    assert out.shape == (1, 20)
+def test_frame_models_route_to_the_frame_engine() -> None:
+    """engine=auto/fused -> FrameEngine (the C loop); reference -> the module's NumPy loop;
+    a frame vseq2seq (z conditioning) keeps its own loop."""
+    module = _frame_model("mulaw")
+    assert supports(module) and supports_frames(module)
+    assert describe(module, "auto") == "fused (C kernel)"
+    assert describe(module, "reference") == "reference"
+    for engine in ("auto", "fused"):
+        run = continuation(module, engine)
+        assert isinstance(run.__self__, FrameEngine) and run.__self__.backend.name == "c"
+    assert continuation(module, "reference") == module.continue_audio
+    prime = _prev(2, 61)
+    ref = generate_long(module, prime, 90, seed=4, engine="reference")
+    out = generate_long(module, prime, 90, seed=4, engine="auto")
+    assert out.shape == (2, 90) and (out == ref).float().mean() >= 0.99
+    vae = VSeq2SeqModule(
+        sr=8000, prev_len_max=16, next_len=8, hidden=8, layers=1, frame_size=4, latent_dim=2
+    )
+    assert not supports(vae) and continuation(vae, "auto") == vae.continue_audio
 
 
 def test_generate_long_is_the_same_through_the_engine() -> None:
@@ -307,6 +483,18 @@ def test_kernel_off_switch(fresh_kernel, monkeypatch) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert FusedEngine(_model("mulaw")).backend.name == "torch"
+
+
+def test_frame_engine_without_the_kernel_runs_the_numpy_loop(fresh_kernel, monkeypatch) -> None:
+    monkeypatch.setenv("LOFIBEATS_KERNEL", "off")
+    module = _frame_model("mulaw")
+    engine = FrameEngine(module)
+    assert engine.backend is None and describe(module, "auto") == "reference"
+    with pytest.raises(ConfigError, match="backend=c"):
+        FrameEngine(module, "c")
+    ref = module.continue_audio(_prev(2, 61), 30, generator=torch.Generator().manual_seed(1))
+    out = engine.continue_audio(_prev(2, 61), 30, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, ref)
 
 
 def test_kernel_builds_once_into_the_cache(fresh_kernel) -> None:

@@ -1,8 +1,9 @@
-"""The engine's C backend: fused weights packed for the kernel in csrc/lstm_engine.c.
+"""The engine's C backends: fused weights packed for the kernel in csrc/lstm_engine.c.
 
 Every gate-width vector is zero-padded to a multiple of the kernel's panel width and every
 matrix is packed into panels (see `pack_panels`); the kernel then runs a whole chunk per call,
 the encoder included, with the GIL released (ctypes drops it during foreign calls).
+`CBackend` runs sample-level seq2seq models, `CFrameBackend` a frame model's two-tier loop.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from lofibeats.generation.fused import FusedHead, FusedLSTM
-from lofibeats.generation.kernel import PANEL, HeadSpec, LSTMSpec
+from lofibeats.generation.kernel import PANEL, FrameTierSpec, HeadSpec, LSTMSpec
+from lofibeats.models.frame_tier import FrameSampler, SampleTier, frame_values
 from lofibeats.models.networks import LSTMState
 
 _ERRORS = {1: MemoryError, 2: ValueError}
@@ -162,4 +164,112 @@ class CBackend:
             None if self.mulaw else out.data_ptr(),
         )
         _check(status, "the decoder inputs (are the first tokens valid classes?)")
+        return out, (h, c)
+
+
+class _PackedFrameTier:
+    """A frame model's sample tier in the kernel's layout: the folds of `FrameSampler` (so both
+    paths add the very same float32 rows), the upsampling and output matrices in panels."""
+
+    def __init__(self, tier: SampleTier, sampler: FrameSampler) -> None:
+        k, width = tier.frame_size, tier.sample_hidden
+        upsample_t = tier.upsample.weight.detach().to(torch.float32).T  # [H, k M]
+        self.upsample = pack_panels(upsample_t)
+        self.window_bias = tier.window.bias.detach().to(torch.float32).contiguous()
+        out_weight = torch.from_numpy(sampler.out_weight)  # [M, V]
+        n_out = out_weight.shape[1]
+        self.out_bias = torch.from_numpy(sampler.out_bias).contiguous()
+        table = slope = offset = values = None
+        if sampler.mulaw:
+            n_pad = padded(n_out)
+            table = torch.from_numpy(sampler.table).contiguous()
+            values = frame_values(torch.arange(n_out), n_out).contiguous()
+            self.out_weight = pack_panels(out_weight)
+            self.out_bias = pad_last(self.out_bias, n_pad)
+        else:
+            n_pad = 1
+            slope = torch.from_numpy(sampler.slope).contiguous()
+            offset = torch.from_numpy(sampler.const).contiguous()
+            self.out_weight = out_weight[:, 0].contiguous()
+        self._keep = (table, slope, offset, values)
+        self.spec = FrameTierSpec(
+            k,
+            width,
+            n_out,
+            n_pad,
+            padded(k * width),
+            _ptr(values),
+            _ptr(self.upsample),
+            _ptr(self.window_bias),
+            _ptr(table),
+            _ptr(slope),
+            _ptr(offset),
+            _ptr(self.out_weight),
+            _ptr(self.out_bias),
+        )
+
+
+class CFrameBackend:
+    """A frame model's generation loop in the kernel: the frame LSTM (every layer stacked, see
+    `fuse_frame_lstm`) and the sample tier; CPU float32 only."""
+
+    name = "c"
+
+    def __init__(
+        self, lib: ctypes.CDLL, frame_lstm: FusedLSTM, tier: SampleTier, sampler: FrameSampler
+    ) -> None:
+        self.lib, self.k, self.mulaw = lib, tier.frame_size, sampler.mulaw
+        self.lstm, self.tier = _PackedLSTM(frame_lstm), _PackedFrameTier(tier, sampler)
+
+    def generate(
+        self,
+        state: LSTMState,
+        context: torch.Tensor,
+        frames: int,
+        *,
+        offsets: torch.Tensor | None,
+        draws: torch.Tensor | None,
+        temperature: float,
+        top_p: float | None,
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """Tokens [B, frames k] after `context` (the k tokens before them, [B, k]) from the
+        frame LSTM's `state`, and its final state.
+
+        mu-law: `offsets` ([n, B, V], broadcastable) are added to the logits before an argmax
+        (the output bias, plus T * Gumbel noise when sampling); `draws` ([n, B] uniforms)
+        switch to inverse-CDF nucleus sampling with `temperature` and `top_p` instead.
+        Regression: `draws` ([n, B] Gaussian noise, already scaled) or None (the mean)."""
+        h, c = (s.to(torch.float32).contiguous().clone() for s in state)
+        batch, steps = context.shape[0], frames * self.k
+        context = context.contiguous() if self.mulaw else context.to(torch.float32).contiguous()
+        out = torch.empty(batch, steps, dtype=torch.long if self.mulaw else torch.float32)
+        off_t = off_b = 0
+        if offsets is not None:  # broadcast (zero-stride) steps and streams stay views
+            offsets = offsets.to(torch.float32)
+            if offsets.stride(2) != 1:
+                offsets = offsets.contiguous()
+            off_t, off_b = offsets.stride(0), offsets.stride(1)
+        if draws is not None:
+            draws = draws.to(torch.float32).contiguous()
+        nucleus = self.mulaw and draws is not None
+        status = self.lib.lofi_frames(
+            ctypes.byref(self.lstm.spec),
+            ctypes.byref(self.tier.spec),
+            batch,
+            frames,
+            h.data_ptr(),
+            c.data_ptr(),
+            context.data_ptr() if self.mulaw else None,
+            None if self.mulaw else context.data_ptr(),
+            _ptr(offsets),
+            off_t,
+            off_b,
+            _ptr(draws),
+            int(nucleus),
+            float(temperature),
+            1.0 if top_p is None else float(top_p),
+            out.data_ptr() if self.mulaw else None,
+            None if self.mulaw else out.data_ptr(),
+        )
+        _check(status, "the frame inputs (are the context tokens valid classes?)")
         return out, (h, c)

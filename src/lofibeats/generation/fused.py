@@ -9,6 +9,9 @@ it cheaper without changing what it computes (up to fp32 rounding):
   `slope * x + base`. An optional conditioning input (vseq2seq's z) keeps its own weights.
 - Layers l > 0 see [h_{l-1}, h_l] through one [2H x 4H] matrix (W_ih and W_hh stacked).
 
+A frame model's frame LSTM (`fuse_frame_lstm`) reads k float values per step: nothing to fold
+there, so its layer 0 is stacked like the others ([x, h_0] through one [(k + H) x 4H] matrix).
+
 Folds are computed in float64 and stored in float32; matrices are stored transposed
 ([K, 4H]), the layout both engine backends read.
 """
@@ -32,8 +35,9 @@ class FusedLSTM:
     table: torch.Tensor | None  # [n_classes, 4H]: layer-0 gates per input class
     slope: torch.Tensor | None  # [4H]: float inputs: layer-0 gates = slope * x + base
     base: torch.Tensor | None  # [4H]
-    weights_t: tuple[torch.Tensor, ...]  # layer 0: W_hh^T [H, 4H]; l > 0: [W_ih; W_hh]^T [2H, 4H]
-    bias: tuple[torch.Tensor | None, ...]  # l > 0: b_ih + b_hh [4H]; layer 0: None (folded)
+    # layer 0: W_hh^T [H, 4H] (frame LSTM: [W_ih; W_hh]^T [k + H, 4H]); l > 0: [2H, 4H]
+    weights_t: tuple[torch.Tensor, ...]
+    bias: tuple[torch.Tensor | None, ...]  # b_ih + b_hh [4H]; layer 0: None where folded
     cond_t: torch.Tensor | None  # [cond_dim, 4H]: weights of the conditioning input, if any
 
     @property
@@ -91,12 +95,9 @@ def fuse_lstm(lstm: nn.LSTM, embed: InputEmbedding, cond_dim: int = 0) -> FusedL
     else:  # nn.Linear(1, E): gates = W_x (w x + b) + bias0
         slope = _f32(w_x @ proj.weight.detach().double()[:, 0])
         base = _f32(w_x @ proj.bias.detach().double() + bias0)
-    weights = [_f32(p["weight_hh_l0"].T)]
-    biases: list[torch.Tensor | None] = [None]
-    for layer in range(1, lstm.num_layers):
-        stacked = torch.cat([p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"]], dim=1)
-        weights.append(_f32(stacked.T))
-        biases.append(_f32(p[f"bias_ih_l{layer}"] + p[f"bias_hh_l{layer}"]))
+    upper, upper_bias = _stacked_layers(p, 1, lstm.num_layers)
+    weights = [_f32(p["weight_hh_l0"].T), *upper]
+    biases: list[torch.Tensor | None] = [None, *upper_bias]
     return FusedLSTM(
         hidden=lstm.hidden_size,
         table=table,
@@ -106,6 +107,25 @@ def fuse_lstm(lstm: nn.LSTM, embed: InputEmbedding, cond_dim: int = 0) -> FusedL
         bias=tuple(biases),
         cond_t=_f32(w_c.T) if cond_dim else None,
     )
+
+
+def _stacked_layers(p: dict[str, torch.Tensor], first: int, layers: int):
+    """[W_ih; W_hh]^T and b_ih + b_hh of layers first .. layers - 1."""
+    weights, biases = [], []
+    for layer in range(first, layers):
+        stacked = torch.cat([p[f"weight_ih_l{layer}"], p[f"weight_hh_l{layer}"]], dim=1)
+        weights.append(_f32(stacked.T))
+        biases.append(_f32(p[f"bias_ih_l{layer}"] + p[f"bias_hh_l{layer}"]))
+    return weights, biases
+
+
+def fuse_frame_lstm(lstm: nn.LSTM) -> FusedLSTM:
+    """A frame model's frame LSTM (float inputs of width k, no conditioning), every layer stacked."""
+    if lstm.bias is False or lstm.proj_size or lstm.bidirectional:
+        raise ValueError("the fused engine handles unidirectional nn.LSTMs with biases only")
+    p = {name: t.detach().to(torch.float64) for name, t in lstm.named_parameters()}
+    weights, biases = _stacked_layers(p, 0, lstm.num_layers)
+    return FusedLSTM(lstm.hidden_size, None, None, None, tuple(weights), tuple(biases), None)
 
 
 def fuse_head(head: Head) -> FusedHead:

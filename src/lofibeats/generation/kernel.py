@@ -29,9 +29,9 @@ from typing import Any
 from filelock import FileLock
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_engine.c"
-ABI = 1  # must match LOFI_ABI in the C source
+ABI = 2  # must match LOFI_ABI in the C source
 PANEL = 16  # must match LOFI_NB: columns per packed weight panel
-EXPORTS = ("lofi_abi", "lofi_encode", "lofi_decode")
+EXPORTS = ("lofi_abi", "lofi_encode", "lofi_decode", "lofi_frames")
 
 _UNIX_FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math")
 _MSVC_FLAGS = ("/O2",)
@@ -59,6 +59,26 @@ class HeadSpec(ctypes.Structure):
     """Mirror of the C `LofiHead` struct."""
 
     _fields_ = [("n_out", _I32), ("n_pad", _I32), ("weights", _P), ("bias", _P)]
+
+
+class FrameTierSpec(ctypes.Structure):
+    """Mirror of the C `LofiFrameTier` struct."""
+
+    _fields_ = [
+        ("frame_size", _I32),
+        ("width", _I32),
+        ("n_out", _I32),
+        ("n_pad", _I32),
+        ("n_up", _I32),
+        ("frame_values", _P),
+        ("upsample", _P),
+        ("window_bias", _P),
+        ("table", _P),
+        ("slope", _P),
+        ("offset", _P),
+        ("out_weight", _P),
+        ("out_bias", _P),
+    ]
 
 
 def user_cache_dir() -> Path:
@@ -138,6 +158,7 @@ def _compile(compiler: Any, build_dir: Path, target: Path) -> None:
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     """Declare the exported functions' signatures (see the C source)."""
     lstm, head = ctypes.POINTER(LSTMSpec), ctypes.POINTER(HeadSpec)
+    tier = ctypes.POINTER(FrameTierSpec)
     lib.lofi_abi.restype = ctypes.c_int
     lib.lofi_abi.argtypes = []
     lib.lofi_encode.restype = ctypes.c_int
@@ -145,6 +166,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.lofi_decode.restype = ctypes.c_int
     lib.lofi_decode.argtypes = [
         *(lstm, head, _I32, _I32, _P, _P, _P, _P, _P, _I64, _I64, _P, _I32, _F32, _F32, _P, _P)
+    ]
+    lib.lofi_frames.restype = ctypes.c_int
+    lib.lofi_frames.argtypes = [
+        *(lstm, tier, _I32, _I32, _P, _P, _P, _P, _P, _I64, _I64, _P, _I32, _F32, _F32, _P, _P)
     ]
     return lib
 

@@ -16,7 +16,10 @@ Training is fully parallel: one LSTM pass over the frames, one convolution over 
 ground-truth samples (teacher forcing inside the frame). Generation (`FrameSampler`) runs one
 LSTM step per frame, then k cheap sample steps in NumPy: the frame projection is computed once
 per frame, and since the window is a sum over lags, each drawn sample adds its own precomputed
-contribution (a table row per mu-law class) to the next k positions' pre-activations.
+contribution (a table row per mu-law class) to the next k positions' pre-activations. This
+NumPy loop is the reference (and the fallback without a C compiler) of
+`lofibeats.generation.engine.FrameEngine`, which runs it in the C kernel from the same folds
+and the same draws (`FrameSampler.noise`).
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ class FrameSampler:
         self.out_weight = _np(head.proj.weight.T)  # [M, V] (regression: [M, 1])
         self.out_bias = _np(head.proj.bias)
 
-    def _noise(
+    def noise(
         self, n: int, batch: int, sampling: Sampling, generator: torch.Generator | None
     ) -> np.ndarray | None:
         """Everything random, drawn up front: the logit offsets for mu-law (the output bias,
@@ -137,7 +140,7 @@ class FrameSampler:
     ) -> Callable[[np.ndarray, int], np.ndarray]:
         """draw(out [B, V] head pre-activations without bias, t) -> tokens [B], chosen once per
         call so the per-sample loop does no dispatch. One stream drops the batch axis."""
-        noise = self._noise(n, batch, sampling, generator)
+        noise = self.noise(n, batch, sampling, generator)
         if noise is not None and batch == 1:
             noise = noise[:, 0]
         if not self.mulaw:

@@ -2,7 +2,8 @@
  *
  * One call runs a whole chunk: `lofi_encode` reads a known token sequence (the seq2seq encoder
  * over `prev`), `lofi_decode` runs the autoregressive loop (LSTM stack, output head, sampling)
- * for `steps` samples of `batch` streams. Python prepares every weight (fused and packed) and
+ * for `steps` samples of `batch` streams, and `lofi_frames` the two-tier loop of a frame model
+ * (one LSTM step per frame of k samples, then k steps of the small sample-level tier). Python prepares every weight (fused and packed) and
  * every random draw, so the loop does no allocation per step and no Python at all.
  *
  * Weights arrive folded (see fused.py): layer 0's input embedding, input projection and both
@@ -32,7 +33,7 @@
 
 #define LOFI_NB 16 /* columns per weight panel */
 #define LOFI_RB 6  /* rows per register tile (6 x 16 floats: 12 of 16 AVX registers) */
-#define LOFI_ABI 1 /* bumped whenever a struct or signature below changes */
+#define LOFI_ABI 2 /* bumped whenever a struct or signature below changes */
 
 enum { LOFI_OK = 0, LOFI_NO_MEMORY = 1, LOFI_BAD_ARGS = 2 };
 
@@ -54,6 +55,25 @@ typedef struct {
     const float *weights; /* mu-law: panels with K = H; regression: [H] */
     const float *bias;    /* mu-law: [n_pad]; regression: [1] */
 } LofiHead;
+
+/* The sample-level tier of a frame model, folded as frame_tier.FrameSampler folds it: a drawn
+ * sample adds its window contribution (a [k, M] table row per class, or x * slope + offset) to
+ * the pre-activations of the next k positions. */
+typedef struct {
+    int32_t frame_size;         /* k */
+    int32_t width;              /* M: sample_hidden */
+    int32_t n_out;              /* classes (mu-law) or 1 (regression) */
+    int32_t n_pad;              /* n_out rounded up to LOFI_NB (mu-law); 1 (regression) */
+    int32_t n_up;               /* k * M rounded up to LOFI_NB */
+    const float *frame_values;  /* mu-law: [n_out] frame-LSTM input value per class */
+    const float *upsample;      /* panels with K = H, N = n_up: h -> k * M pre-activations */
+    const float *window_bias;   /* [M] */
+    const float *table;         /* mu-law: [n_out, k, M], row d - 1 for lag d */
+    const float *slope;         /* regression: [k, M] */
+    const float *offset;        /* regression: [k, M] */
+    const float *out_weight;    /* mu-law: panels with K = M, N = n_pad; regression: [M] */
+    const float *out_bias;      /* mu-law: [n_pad]; regression: [1] */
+} LofiFrameTier;
 
 LOFI_API int lofi_abi(void) { return LOFI_ABI; }
 
@@ -451,5 +471,174 @@ done:
     free(ranked);
     free(tokens);
     free(values);
+    return status;
+}
+
+/* ------------------------------------------------------------------ frame models */
+
+/* One step of a stack whose layer 0 reads a float vector x [rows, n_in] through stacked
+ * [W_ih; W_hh]^T panels (K = n_in + H) and bias[0]: the frame LSTM of a frame model. */
+static void frame_lstm_step(const LofiLSTM *net, const int rows, const int n_in, const float *x,
+                            float *h, float *c, float *gates) {
+    const int L = net->layers, H = net->hidden, G = net->n_gates;
+    fill_bias(rows, G, net->bias[0], gates);
+    matmul_acc(rows, x, n_in, net->weights[0], n_in + H, 0, n_in, gates, G, G);
+    matmul_acc(rows, h, H, net->weights[0], n_in + H, n_in, H, gates, G, G);
+    lstm_cell(rows, H, G, gates, c, h);
+    for (int l = 1; l < L; l++) {
+        float *hl = h + (size_t)l * rows * H, *cl = c + (size_t)l * rows * H;
+        fill_bias(rows, G, net->bias[l], gates);
+        matmul_acc(rows, hl - (size_t)rows * H, H, net->weights[l], 2 * H, 0, H, gates, G, G);
+        matmul_acc(rows, hl, H, net->weights[l], 2 * H, H, H, gates, G, G);
+        lstm_cell(rows, H, G, gates, cl, hl);
+    }
+}
+
+/* ahead[i, :] += the window contribution of one drawn sample at lag i + 1, i < k. */
+static void add_contribution(const LofiFrameTier *tier, const int64_t cls, const float value,
+                             float *LOFI_RESTRICT ahead) {
+    const int n = tier->frame_size * tier->width;
+    if (tier->table) {
+        const float *row = tier->table + (size_t)cls * n;
+        for (int i = 0; i < n; i++) ahead[i] += row[i];
+    } else {
+        for (int i = 0; i < n; i++) {
+            const float part = value * tier->slope[i];
+            ahead[i] += part + tier->offset[i];
+        }
+    }
+}
+
+/* Generate `frames` frames of k samples for each of `batch` streams: the frame LSTM `net`
+ * (layer 0 as in frame_lstm_step; n_classes and table unused) from the state (h, c)
+ * [layers, batch, H], updated in place, then per frame k sample-tier steps. The pre-activation
+ * buffer and the order of every addition into it follow FrameSampler.generate, so only the
+ * matrix products' summation order differs from it.
+ *
+ * context_class / context_value [batch, k]: the k tokens before the output (frame 0's input).
+ * mu-law: logits = act @ W + offsets[t * off_t + b * off_b + :n_out] (the output bias, plus
+ *   T * Gumbel noise when sampling: then argmax is an exact softmax draw); with nucleus != 0
+ *   the class is drawn instead by inverse CDF (temperature, top_p) from the uniform
+ *   draws[t * batch + b] with logits = act @ W + out_bias.
+ * regression: tanh(act . w + bias), plus draws[t * batch + b] clamped to [-1, 1] unless draws
+ *   is NULL (greedy).
+ * Outputs [batch, frames * k]: classes (mu-law) or float samples (regression). */
+LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const int32_t batch,
+                         const int32_t frames, float *h, float *c, const int64_t *context_class,
+                         const float *context_value, const float *offsets, const int64_t off_t,
+                         const int64_t off_b, const float *draws, const int32_t nucleus,
+                         const float temperature, const float top_p, int64_t *out_class,
+                         float *out_value) {
+    const int L = net->layers, H = net->hidden, B = batch, K = tier->frame_size;
+    const int M = tier->width, V = tier->n_out, VP = tier->n_pad, NU = tier->n_up;
+    const int mulaw = tier->table != NULL;
+    if (B < 1 || frames < 0 || L < 1 || K < 1 || M < 1) return LOFI_BAD_ARGS;
+    if (frames == 0) return LOFI_OK;
+    if ((mulaw && (!context_class || !out_class || !tier->frame_values)) ||
+        (!mulaw && (!context_value || !out_value || V != 1)) ||
+        (mulaw && !nucleus && !offsets) ||
+        (mulaw && nucleus && (!draws || !(temperature > 0.0f))))
+        return LOFI_BAD_ARGS;
+    if (mulaw)
+        for (size_t i = 0; i < (size_t)B * K; i++)
+            if (context_class[i] < 0 || context_class[i] >= V) return LOFI_BAD_ARGS;
+    const int64_t steps = (int64_t)frames * K;
+    const size_t span = (size_t)3 * K * M; /* per stream: positions [-k, 2k) around the frame */
+    float *gates = malloc(sizeof(float) * (size_t)B * net->n_gates);
+    float *x = malloc(sizeof(float) * (size_t)B * K);
+    float *up = malloc(sizeof(float) * (size_t)B * NU);
+    float *buf = calloc((size_t)B * span, sizeof(float));
+    float *act = malloc(sizeof(float) * (size_t)B * M);
+    float *logits = malloc(sizeof(float) * (size_t)B * VP);
+    float *probs = malloc(sizeof(float) * (size_t)V);
+    Ranked *ranked = malloc(sizeof(Ranked) * (size_t)V);
+    int status = LOFI_OK;
+    if (!gates || !x || !up || !buf || !act || !logits || !probs || !ranked) {
+        status = LOFI_NO_MEMORY;
+        goto done;
+    }
+    for (int b = 0; b < B; b++) /* the context's contributions to the first frame */
+        for (int s = 0; s < K; s++) {
+            const size_t i = (size_t)b * K + s;
+            add_contribution(tier, mulaw ? context_class[i] : 0, mulaw ? 0.0f : context_value[i],
+                             buf + (size_t)b * span + (size_t)(s + 1) * M);
+        }
+    const float *top_h = h + (size_t)(L - 1) * B * H;
+    for (int j = 0; j < frames; j++) {
+        for (int b = 0; b < B; b++) /* the frame LSTM reads the previous frame's values */
+            for (int i = 0; i < K; i++) {
+                const size_t at = (size_t)b * steps + (size_t)(j - 1) * K + i;
+                const size_t ctx = (size_t)b * K + i;
+                if (mulaw)
+                    x[ctx] = tier->frame_values[j ? out_class[at] : context_class[ctx]];
+                else
+                    x[ctx] = j ? out_value[at] : context_value[ctx];
+            }
+        frame_lstm_step(net, B, K, x, h, c, gates);
+        memset(up, 0, sizeof(float) * (size_t)B * NU);
+        matmul_acc(B, top_h, H, tier->upsample, H, 0, H, up, NU, NU);
+        for (int b = 0; b < B; b++) {
+            float *pre = buf + (size_t)b * span + (size_t)K * M;
+            const float *ub = up + (size_t)b * NU;
+            for (int p = 0; p < K; p++)
+                for (int m = 0; m < M; m++) {
+                    const float frame = ub[p * M + m] + tier->window_bias[m];
+                    pre[p * M + m] += frame;
+                }
+        }
+        for (int p = 0; p < K; p++) {
+            const int64_t t = (int64_t)j * K + p;
+            for (int b = 0; b < B; b++) {
+                const float *pre = buf + (size_t)b * span + (size_t)(K + p) * M;
+                float *ab = act + (size_t)b * M;
+                for (int m = 0; m < M; m++) ab[m] = pre[m] > 0.0f ? pre[m] : 0.0f;
+            }
+            if (mulaw) {
+                for (int b = 0; b < B; b++) {
+                    const float *src =
+                        nucleus ? tier->out_bias : offsets + t * off_t + (int64_t)b * off_b;
+                    memcpy(logits + (size_t)b * VP, src, sizeof(float) * V);
+                }
+                matmul_acc(B, act, M, tier->out_weight, M, 0, M, logits, VP, VP);
+            }
+            for (int b = 0; b < B; b++) {
+                int64_t cls = 0;
+                float value = 0.0f;
+                if (mulaw) {
+                    const float *lb = logits + (size_t)b * VP;
+                    cls = nucleus ? draw_class(lb, V, temperature, top_p, draws[t * B + b], probs,
+                                               ranked)
+                                  : argmax(lb, V);
+                    out_class[(size_t)b * steps + t] = cls;
+                } else {
+                    const float *ab = act + (size_t)b * M;
+                    float dot = 0.0f;
+                    for (int m = 0; m < M; m++) dot += ab[m] * tier->out_weight[m];
+                    value = tanhf(dot + tier->out_bias[0]);
+                    if (draws) {
+                        value += draws[t * B + b];
+                        value = value < -1.0f ? -1.0f : (value > 1.0f ? 1.0f : value);
+                    }
+                    out_value[(size_t)b * steps + t] = value;
+                }
+                add_contribution(tier, cls, value,
+                                 buf + (size_t)b * span + (size_t)(K + p + 1) * M);
+            }
+        }
+        for (int b = 0; b < B; b++) { /* shift by one frame: [k, 3k) -> [0, 2k), zeros after */
+            float *sb = buf + (size_t)b * span;
+            memmove(sb, sb + (size_t)K * M, sizeof(float) * 2 * K * M);
+            memset(sb + (size_t)2 * K * M, 0, sizeof(float) * K * M);
+        }
+    }
+done:
+    free(gates);
+    free(x);
+    free(up);
+    free(buf);
+    free(act);
+    free(logits);
+    free(probs);
+    free(ranked);
     return status;
 }
