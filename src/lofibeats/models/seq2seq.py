@@ -165,8 +165,8 @@ class Seq2SeqModule(LofiModule):
 
     @property
     def supports_fused_engine(self) -> bool:
-        """Whether `lofibeats.generation.engine` can run this model: the sample-level design
-        only (a frame model generates with its own `FrameSampler`)."""
+        """Whether `lofibeats.generation.engine.FusedEngine` can run this model: the sample-level
+        design only (frame models go through its `FrameEngine`)."""
         return self.frame_size == 1
 
     def lstm_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
