@@ -21,7 +21,9 @@ torch.set_num_threads(1)
 register_resolvers()
 
 
-def compose_config(config_name: str, overrides: list[str], root: Path, run: str = "run") -> DictConfig:
+def compose_config(
+    config_name: str, overrides: list[str], root: Path, run: str = "run"
+) -> DictConfig:
     """Compose `conf/<config_name>.yaml` like the CLI would, with outputs and data under `root`."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
@@ -43,7 +45,9 @@ def compose_config(config_name: str, overrides: list[str], root: Path, run: str 
 def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """`make_cfg("train", ["debug=fast", ...], run="a")` -> a composed config whose run dir is outputs/<run>."""
 
-    def make(config_name: str = "train", overrides: list[str] | None = None, run: str = "run") -> DictConfig:
+    def make(
+        config_name: str = "train", overrides: list[str] | None = None, run: str = "run"
+    ) -> DictConfig:
         return compose_config(config_name, list(overrides or []), tmp_path, run)
 
     return make

@@ -51,5 +51,8 @@ def test_run_dirs_are_unique_per_process(tmp_path: Path) -> None:
     import sys
 
     code = "from lofibeats.cli import RUN_ID; print(RUN_ID)"
-    ids = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout for _ in range(2)}
+    ids = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout
+        for _ in range(2)
+    }
     assert len(ids) == 2

@@ -25,5 +25,7 @@ def resolve_checkpoint(value: str | Path, outputs_dir: Path) -> Path:
         return find_latest_checkpoint(outputs_dir)
     path = Path(value).expanduser()
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist: pass ckpt=<path to a .ckpt> or ckpt=last")
+        raise CheckpointError(
+            f"checkpoint {path} does not exist: pass ckpt=<path to a .ckpt> or ckpt=last"
+        )
     return path

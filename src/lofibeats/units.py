@@ -15,7 +15,9 @@ def to_samples(value: int | str, sr: int, key: str) -> int:
     `key` is the config key the value came from, so the error can name it.
     """
     if isinstance(value, bool):
-        raise ConfigError(f"{key}={value!r}: give a number of samples (512) or a duration ('0.5s', '250ms')")
+        raise ConfigError(
+            f"{key}={value!r}: give a number of samples (512) or a duration ('0.5s', '250ms')"
+        )
     if isinstance(value, int):
         samples = value
     elif isinstance(value, str) and (m := _DURATION.match(value)):
@@ -24,7 +26,9 @@ def to_samples(value: int | str, sr: int, key: str) -> int:
     elif isinstance(value, str) and value.strip().isdigit():
         samples = int(value)
     else:
-        raise ConfigError(f"{key}={value!r}: give a number of samples (512) or a duration ('0.5s', '250ms')")
+        raise ConfigError(
+            f"{key}={value!r}: give a number of samples (512) or a duration ('0.5s', '250ms')"
+        )
     if samples < 1:
         raise ConfigError(f"{key}={value!r} is {samples} samples at {sr} Hz: it must be at least 1")
     return samples

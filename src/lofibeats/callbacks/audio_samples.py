@@ -51,7 +51,9 @@ class AudioSamples(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or trainer.global_rank != 0 or self.n_primes < 1:
             return
-        if getattr(trainer, "datamodule", None) is None or not hasattr(trainer.datamodule, "val_clip"):
+        if getattr(trainer, "datamodule", None) is None or not hasattr(
+            trainer.datamodule, "val_clip"
+        ):
             return
         sr = pl_module.sample_rate
         primes = self._fixed_primes(trainer, sr).to(pl_module.device)
@@ -72,7 +74,9 @@ class AudioSamples(pl.Callback):
 
     def _log(self, trainer: pl.Trainer, takes: np.ndarray, sr: int, split_at: float) -> None:
         step = trainer.global_step
-        tensorboard = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+        tensorboard = next(
+            (lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None
+        )
         for i, take in enumerate(takes):
             if tensorboard is not None:
                 writer = tensorboard.experiment

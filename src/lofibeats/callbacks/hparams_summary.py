@@ -32,7 +32,11 @@ class HparamsSummary(pl.Callback):
     hparams tab so that runs of a sweep line up by what was varied.
     """
 
-    def __init__(self, config: Mapping[str, Any], keys: tuple[str, ...] = ("data", "model", "trainer", "seed")):
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        keys: tuple[str, ...] = ("data", "model", "trainer", "seed"),
+    ):
         self.config = dict(config)
         self.hparams = flatten({k: self.config[k] for k in keys if k in self.config})
         self.hparams = {k: v for k, v in self.hparams.items() if not k.endswith("_target_")}
@@ -46,7 +50,9 @@ class HparamsSummary(pl.Callback):
         if logger is None or trainer.global_rank != 0:
             return
         text = yaml.safe_dump(self.config, sort_keys=False)
-        logger.experiment.add_text("config", "```yaml\n" + text + "\n```", global_step=trainer.global_step)
+        logger.experiment.add_text(
+            "config", "```yaml\n" + text + "\n```", global_step=trainer.global_step
+        )
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         logger = self._tensorboard(trainer)
