@@ -41,8 +41,12 @@ def exit_on_user_error(
         def wrapper(*args, **kwargs):
             try:
                 return fn(*args, **kwargs)
-            except LofiError as exc:
-                print(f"error: {exc}", file=sys.stderr)
+            except Exception as exc:
+                # hydra.utils.instantiate wraps what a constructor raises; unwrap ours
+                cause = exc if isinstance(exc, LofiError) else exc.__cause__
+                if not isinstance(cause, LofiError):
+                    raise
+                print(f"error: {cause}", file=sys.stderr)
                 raise SystemExit(1) from None
             except KeyboardInterrupt:
                 print(on_interrupt, file=sys.stderr)
