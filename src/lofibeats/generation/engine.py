@@ -40,10 +40,10 @@ from lofibeats.generation.kernel import load_kernel
 from lofibeats.models.base import LofiModule
 from lofibeats.models.frame_tier import FrameSampler
 from lofibeats.models.heads import MulawHead, RegressionHead
-from lofibeats.models.hparams import choice, number
+from lofibeats.models.hparams import choice
 from lofibeats.models.latent import LatentPath
 from lofibeats.models.networks import LSTMState
-from lofibeats.models.seq2seq import DECODINGS, Seq2SeqModule
+from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
 ENGINES = ("auto", "fused", "reference")
@@ -184,31 +184,26 @@ class FusedEngine:
         top_p: float | None = None,
     ) -> torch.Tensor:
         """`Seq2SeqModule.continue_audio`, same arguments and defaults, same draws."""
-        module, hp = self.module, self.module.hparams
-        greedy = choice(decoding or hp.decoding, DECODINGS, "decoding") == "greedy"
-        temperature = number(
-            hp.temperature if temperature is None else temperature, "temperature", low=0.0
-        )
-        if top_p is None:
-            top_p = hp.top_p
-        elif not 0.0 < (top_p := number(top_p, "top_p")) <= 1.0:
-            raise ConfigError(f"top_p={top_p!r}: give a probability in (0, 1], or null")
-        if prev.dim() != 2:
-            raise ValueError(f"prev must be [batch, time], got shape {tuple(prev.shape)}")
-        prev = prev[:, -module.context_len :].to(module.device, torch.float32)
+        module = self.module
+        sampling = module.sampling_options(temperature, decoding, top_p)
+        prev = module.crop_prev(prev)
         if n_samples == 0:
             return prev.new_zeros(prev.shape[0], 0)
         prev_tokens = module.head.tokens(prev)
         state = self.encode(prev_tokens)
-        greedy = greedy or temperature == 0
-        draws = None if greedy else self.draws(n_samples, prev.shape[0], temperature, generator)
+        greedy = sampling.greedy or sampling.temperature == 0
+        draws = (
+            None
+            if greedy
+            else self.draws(n_samples, prev.shape[0], sampling.temperature, generator)
+        )
         tokens, _ = self.decode(
             state,
             module.first_input(prev_tokens),
             n_samples,
             draws=draws,
-            temperature=temperature,
-            top_p=top_p,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
         )
         return module.head.audio(tokens.to(module.device))
 
