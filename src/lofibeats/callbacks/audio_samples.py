@@ -16,6 +16,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from lofibeats.audio.spectrogram import spectrogram_figure
 from lofibeats.generation.longform import generate_long
+from lofibeats.models.sampling import Sampling
 
 
 class AudioSamples(pl.Callback):
@@ -64,7 +65,7 @@ class AudioSamples(pl.Callback):
                 pl_module,
                 primes,
                 round(self.seconds * sr),
-                temperature=self.temperature,
+                sampling=Sampling.parse(self.temperature, prefix="callbacks.audio_samples."),
                 seed=self.seed,
                 progress=False,
             )

@@ -1,8 +1,8 @@
 """The engine's C backends: fused weights packed for the kernel in csrc/lstm_engine.c.
 
 Every gate-width vector is zero-padded to a multiple of the kernel's panel width and every
-matrix is packed into panels (see `pack_panels`); the kernel then runs a whole chunk per call,
-the encoder included, with the GIL released (ctypes drops it during foreign calls).
+matrix is packed into panels (see `pack_panels`); the kernel then runs a whole chunk per call
+with the GIL released (ctypes drops it during foreign calls).
 `CBackend` runs sample-level seq2seq models, `CFrameBackend` a frame model's two-tier loop.
 """
 
@@ -87,34 +87,14 @@ class _PackedHead:
 
 
 class CBackend:
-    """Encoder and decoder both in the kernel; CPU float32 only."""
+    """The sample-level decode loop in the kernel; CPU float32 only."""
 
     name = "c"
 
-    def __init__(
-        self, lib: ctypes.CDLL, encoder: FusedLSTM, decoder: FusedLSTM, head: FusedHead
-    ) -> None:
+    def __init__(self, lib: ctypes.CDLL, decoder: FusedLSTM, head: FusedHead) -> None:
         self.lib = lib
-        self.encoder, self.decoder = _PackedLSTM(encoder), _PackedLSTM(decoder)
+        self.decoder = _PackedLSTM(decoder)
         self.head, self.mulaw = _PackedHead(head), head.mulaw
-
-    def encode(self, tokens: torch.Tensor, state: LSTMState) -> LSTMState:
-        """Run the encoder over tokens [B, T] from `state`; T may be 0."""
-        h, c = (s.to(torch.float32).contiguous().clone() for s in state)
-        tokens = tokens.contiguous()
-        classes = tokens if self.mulaw else None
-        values = None if self.mulaw else tokens.to(torch.float32)
-        status = self.lib.lofi_encode(
-            ctypes.byref(self.encoder.spec),
-            tokens.shape[0],
-            tokens.shape[1],
-            _ptr(classes),
-            _ptr(values),
-            h.data_ptr(),
-            c.data_ptr(),
-        )
-        _check(status, "the encoder inputs (are the tokens valid classes?)")
-        return h, c
 
     def decode(
         self,
@@ -127,7 +107,11 @@ class CBackend:
         top_p: float | None,
         cond_gates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LSTMState]:
-        """See `FusedEngine.decode`; `draws` None decodes greedily."""
+        """Decode `n_samples` tokens for each row of `first` ([B] input tokens) from `state`.
+
+        `draws` ([n_samples, B], see `FusedBackend.draws`) samples; None decodes greedily.
+        `cond_gates` is the decoder's conditioning already projected to gate width ([B, G] for
+        every step, or [B, T >= n_samples, G]). Returns (tokens [B, n_samples], final state)."""
         h, c = (s.to(torch.float32).contiguous().clone() for s in state)
         batch = first.shape[0]
         first = first.contiguous() if self.mulaw else first.to(torch.float32).contiguous()

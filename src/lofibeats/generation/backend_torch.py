@@ -9,10 +9,9 @@ still bounds it; the C backend removes that.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from lofibeats.generation.fused import FusedHead, FusedLSTM
-from lofibeats.models.networks import InputEmbedding, LSTMState
+from lofibeats.models.networks import LSTMState
 
 
 def inverse_cdf(
@@ -45,20 +44,12 @@ def lstm_cell(
 
 
 class TorchBackend:
-    """Encoder: the model's own `nn.LSTM` (one call, already fast); decoder: the fused loop."""
+    """The fused sample-level decode loop in PyTorch (any device)."""
 
     name = "torch"
 
-    def __init__(
-        self, encoder: nn.LSTM, embed: InputEmbedding, decoder: FusedLSTM, head: FusedHead
-    ) -> None:
-        self.encoder, self.embed, self.decoder, self.head = encoder, embed, decoder, head
-
-    def encode(self, tokens: torch.Tensor, state: LSTMState) -> LSTMState:
-        """Run the encoder over tokens [B, T] from `state`; T may be 0."""
-        if tokens.shape[1] == 0:
-            return state
-        return self.encoder(self.embed(tokens), state)[1]
+    def __init__(self, decoder: FusedLSTM, head: FusedHead) -> None:
+        self.decoder, self.head = decoder, head
 
     def decode(
         self,
@@ -71,7 +62,7 @@ class TorchBackend:
         top_p: float | None,
         cond_gates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LSTMState]:
-        """See `FusedEngine.decode`; `draws` None decodes greedily."""
+        """See `CBackend.decode`."""
         net, head, hidden = self.decoder, self.head, self.decoder.hidden
         hs, cs = list(state[0].float().unbind(0)), list(state[1].float().unbind(0))
         batch = first.shape[0]

@@ -1,7 +1,7 @@
 """Long-form generation: continue a prime chunk by chunk, each chunk primed by what came before.
 
-Every model family continues audio the same way (see `LofiModule.continue_audio`): one call turns
-a `prev` window into `module.chunk_len` new samples. `generate_long` repeats that, feeding the
+Every model family continues audio the same way (`lofibeats.generation.engine.Continuation`): one
+call turns a `prev` window into `module.chunk_len` new samples. `generate_long` repeats that, feeding the
 last `module.context_len` samples of prime + generated audio as the next `prev`, until the
 requested length is reached.
 
@@ -23,7 +23,8 @@ import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lofibeats.errors import ConfigError
-from lofibeats.generation.engine import continuation
+from lofibeats.generation.engine import Continuation
+from lofibeats.models.sampling import Sampling
 
 if TYPE_CHECKING:
     from lofibeats.models.base import LofiModule
@@ -63,7 +64,7 @@ def generate_long(
     prime: torch.Tensor | None,
     n_samples: int,
     *,
-    temperature: float = 1.0,
+    sampling: Sampling = Sampling(),
     seed: int = 0,
     progress: bool = False,
     crossfade: int | None = None,
@@ -80,9 +81,9 @@ def generate_long(
     `chunk_len`; None = the module's `default_crossfade`, else 0) > 0 blends chunk overlaps with `fade` (see the module doc); each call of
     `continue_audio` asks for at most `chunk_len` samples.
     `progress` shows a bar with samples generated per row and the real-time factor (seconds of
-    one row's audio per wall-clock second). `engine` picks what continues the audio:
-    "reference" (`module.continue_audio`), "fused" (the fast engine, `lofibeats.generation.engine`)
-    or "auto" (fused wherever it reproduces the model); other `options` go to it.
+    one row's audio per wall-clock second). `engine` picks the decoding backend (see
+    `lofibeats.generation.engine`: "reference", "fused" or "auto"); `sampling` holds the
+    decoding knobs; family `options` (vseq2seq: `z`, `creativity`) go to every chunk.
     """
     if n_samples < 1:
         raise ConfigError(f"n_samples={n_samples}: generate at least one sample")
@@ -108,7 +109,7 @@ def generate_long(
         prime = silence_prime(rows, context_len, generator, device)
     prime = prime.to(device=device, dtype=torch.float32)
 
-    continue_audio = continuation(module, engine)
+    continue_audio = Continuation(module, engine)
     was_training = module.training
     module.eval()
     bar = _Bar(n_samples, module.sample_rate, prime.shape[0]) if progress else None
@@ -123,7 +124,7 @@ def generate_long(
                 last = remaining <= chunk_len  # no tail needed: ask only for what is missing
                 want = remaining if last else chunk_len
                 new = continue_audio(
-                    history, want, temperature=temperature, generator=generator, **options
+                    history, want, sampling=sampling, generator=generator, **options
                 )
                 if tail is not None:
                     head = tail * fade_out + new[:, :crossfade] * fade_in

@@ -29,6 +29,7 @@ import torch
 
 from lofibeats.errors import ConfigError, DataError
 from lofibeats.generation.prime import pad_to_context, read_prime
+from lofibeats.models.vseq2seq_net import DEFAULT_CREATIVITY
 
 if TYPE_CHECKING:
     from lofibeats.models.vseq2seq import VSeq2SeqModule
@@ -97,7 +98,7 @@ def clip_latent(module: VSeq2SeqModule, path: Path) -> torch.Tensor:
     width = module.context_len
     starts = torch.linspace(0, audio.shape[0] - width, CLIP_WINDOWS).round().long().unique()
     windows = torch.stack([audio[s : s + width] for s in starts.tolist()])
-    return module.latent_from_audio(windows, creativity=0.0).mean(dim=0)
+    return module.net.latent_from_audio(windows, creativity=0.0).mean(dim=0)
 
 
 def _as_list(value: Any) -> list[Any]:
@@ -142,7 +143,7 @@ def style_changes(
         if targets:
             raise ConfigError("style_target is set but style_change_at is not: give both")
         return []
-    if not module.hparams.z_every_step:
+    if not module.config.z_every_step:
         raise ConfigError(
             "style_change_at: this checkpoint was trained with model.z_every_step=false, so z "
             "cannot change mid-audio; train with model.z_every_step=true"
@@ -168,7 +169,7 @@ def style_changes(
                 f"use an earlier time or more seconds"
             )
         if str(name) == "random":
-            dim = module.hparams.latent_dim
+            dim = module.config.latent_dim
             z = torch.randn(batch, dim, generator=generator).to(module.device)
         else:
             z = clip_latent(module, _target_file(name)).expand(batch, -1)
@@ -191,10 +192,15 @@ def style_path(
     """The StylePath of a generation of `n_samples` per take, for `batch` takes continuing
     `prime` ([B, T] or None): the base z from the prime (mu + creativity * sigma * eps; no
     prime: creativity * N(0, I)), then the style changes. `creativity` None = the model's
-    default. Same `seed`, same path; the base z does not depend on the changes."""
-    creativity = module.hparams.creativity if creativity is None else creativity
+    default (`DEFAULT_CREATIVITY`: a posterior sample). Same `seed`, same path; the base z does
+    not depend on the changes."""
+    creativity = DEFAULT_CREATIVITY if creativity is None else creativity
     generator = torch.Generator().manual_seed(seed + LATENT_SEED_OFFSET)
-    base = module.latent_from_audio(prime, creativity=creativity, generator=generator, batch=batch)
+    if prime is not None:
+        prime = prime[:, -module.context_len :]
+    base = module.net.latent_from_audio(
+        prime, creativity=creativity, generator=generator, batch=batch
+    )
     changes = style_changes(
         module,
         change_at,

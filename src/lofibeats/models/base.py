@@ -1,54 +1,87 @@
-"""What every model family's LightningModule offers to generation, eval and callbacks.
+"""What every model family's LightningModule is: the training recipe over a plain network.
 
-Generation never touches the Trainer: it calls :meth:`LofiModule.continue_audio` on a module in
-eval mode, chunk after chunk (see `lofibeats.generation`).
+A family has three parts: a config (`configs.py`: `model.*` values checked once, stored as the
+checkpoint's hyperparameters), a plain `nn.Module` network built from it (`self.net`: what
+generation runs, see `lofibeats.models.decoding`) and this LightningModule, which holds only
+what training needs: losses, schedules, optimisers and the Lightning hooks. Logging beyond
+scalars (audio, spectrograms, latent statistics) is the callbacks' job.
 """
 
 from __future__ import annotations
 
-from abc import abstractmethod
+from typing import Any, ClassVar
 
 import pytorch_lightning as pl
-import torch
+from torch import nn
+
+from lofibeats.models.configs import RETIRED_KEYS, ModelConfig
+
+#: bumped when the layout of a checkpoint's state_dict changes (`migrate_checkpoint`)
+CHECKPOINT_FORMAT = 2
 
 
 class LofiModule(pl.LightningModule):
     """Base class of the seq2seq, vseq2seq and gan LightningModules.
 
-    Subclasses call `self.save_hyperparameters()` with plain values only (ints, floats, strings,
-    lists, dicts), including `family` and `sr`, so that a checkpoint rebuilds its model and loads
-    with `torch.load(weights_only=True)`.
+    `__init__(**model_config)` parses the config with the family's `config_class`; the
+    checkpoint stores `config.as_hparams()` (plain values only, so it rebuilds its model and
+    loads with `torch.load(weights_only=True)`).
     """
 
-    family: str = ""
+    config_class: ClassVar[type[ModelConfig]] = ModelConfig
+    #: the plain network generation runs (an `AutoregressiveNet` or a `OnePassNet`)
+    net: nn.Module
+    #: state_dict prefixes that lofibeats 0.1 kept at the top level and now live under `net.`
+    v01_net_prefixes: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, **model_config: Any) -> None:
+        super().__init__()
+        self.config = self.config_class.parse(**model_config)
+        self.save_hyperparameters(self.config.as_hparams())
+
+    @property
+    def family(self) -> str:
+        return self.config.family
 
     @property
     def sample_rate(self) -> int:
-        return int(self.hparams["sr"])
+        return self.config.sr
 
     @property
     def context_len(self) -> int:
         """How many samples of `prev` the model looks at when continuing (longer is cropped)."""
-        return int(self.hparams["prev_len_max"])
+        return self.config.prev_len_max
 
     @property
     def chunk_len(self) -> int:
-        """How many samples one call of `continue_audio` is meant to produce (the `next` length)."""
-        return int(self.hparams["next_len"])
+        """How many samples one continuation call is meant to produce (the `next` length)."""
+        return self.config.next_len
 
-    @abstractmethod
-    @torch.no_grad()
-    def continue_audio(
-        self,
-        prev: torch.Tensor,
-        n_samples: int,
-        *,
-        temperature: float = 1.0,
-        generator: torch.Generator | None = None,
-        **options,
-    ) -> torch.Tensor:
-        """Continue each row of `prev` ([B, T] floats in [-1, 1]) by `n_samples` samples.
+    @property
+    def default_crossfade(self) -> int:
+        """Overlap-add samples between chunks for long-form generation (0: chunks just join)."""
+        return 0
 
-        Returns [B, n_samples] floats in [-1, 1]. Deterministic given `generator`.
-        Family-specific `options` (e.g. vseq2seq's `z`) are documented by the subclass.
-        """
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["lofibeats_format"] = CHECKPOINT_FORMAT
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Resuming from an older checkpoint: move its weights to this layout first."""
+        migrate_checkpoint(type(self), checkpoint)
+
+
+def migrate_checkpoint(cls: type[LofiModule], checkpoint: dict[str, Any]) -> None:
+    """Bring a checkpoint of an older format to `CHECKPOINT_FORMAT`, in place: lofibeats 0.1
+    kept the network at the top of the state_dict (`embed.*`, `encoder.*`, ...) and decoding
+    knobs in the hyperparameters."""
+    if checkpoint.get("lofibeats_format", 1) >= CHECKPOINT_FORMAT:
+        return
+    prefixes = cls.v01_net_prefixes
+    checkpoint["state_dict"] = {
+        (f"net.{key}" if key.startswith(prefixes) else key): value
+        for key, value in checkpoint["state_dict"].items()
+    }
+    hparams = checkpoint.get("hyper_parameters", {})
+    for key in RETIRED_KEYS:
+        hparams.pop(key, None)
+    checkpoint["lofibeats_format"] = CHECKPOINT_FORMAT

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from lofibeats.errors import CheckpointError, ConfigError
-from lofibeats.models.base import LofiModule
+from lofibeats.models.base import LofiModule, migrate_checkpoint
 from lofibeats.models.registry import FAMILIES, family_class
 
 # how torch's weights-only unpickler words a refusal to import or call something (lowercased)
@@ -67,15 +67,17 @@ def load_module(path: str | Path, map_location: str | torch.device = "cpu") -> L
 def module_from_checkpoint(
     ckpt: dict, path: str | Path, map_location: str | torch.device = "cpu"
 ) -> LofiModule:
-    """Rebuild the model of a checkpoint dict from `read_checkpoint(path)`, in eval mode."""
-    hparams = ckpt["hyper_parameters"]
-    family = hparams.get("family")
+    """Rebuild the model of a checkpoint dict from `read_checkpoint(path)`, in eval mode.
+    A checkpoint of an older format is migrated in memory first (`migrate_checkpoint`)."""
+    family = ckpt["hyper_parameters"].get("family")
     if family not in FAMILIES:
         raise CheckpointError(
             f"{path}: unknown model family {family!r} (this code knows {', '.join(FAMILIES)})"
         )
     try:
-        module = family_class(family)(**hparams)
+        cls = family_class(family)
+        migrate_checkpoint(cls, ckpt)
+        module = cls(**ckpt["hyper_parameters"])
         module.load_state_dict(ckpt["state_dict"])
     except (ConfigError, TypeError, ValueError, RuntimeError, KeyError) as exc:
         reason = str(exc).splitlines()[0]

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from lofibeats.errors import ConfigError
-from lofibeats.models.heads import Head, MulawHead, Sampling
+from lofibeats.models.heads import Head, MulawHead
+from lofibeats.models.sampling import Sampling
 from lofibeats.models.networks import InputEmbedding
 
 
@@ -121,7 +122,7 @@ class FrameSampler:
         """Everything random, drawn up front: the logit offsets for mu-law (the output bias,
         plus T * Gumbel noise when sampling without top_p), the additive Gaussian noise for
         regression (None when greedy)."""
-        greedy = sampling.greedy or sampling.temperature == 0
+        greedy = sampling.is_greedy
         if self.mulaw:
             if greedy or sampling.top_p is not None:
                 return np.broadcast_to(self.out_bias, (n, batch, self.out_bias.shape[0]))
@@ -151,14 +152,12 @@ class FrameSampler:
                 return value if noise is None else np.clip(value + noise[t], -1.0, 1.0)
 
             return regression
-        if sampling.top_p is None or sampling.greedy or sampling.temperature == 0:
+        if sampling.top_p is None or sampling.is_greedy:
             return lambda out, t: np.add(out, noise[t], out=out).argmax(-1)
 
         def nucleus(out: np.ndarray, t: int) -> np.ndarray:
             logits = torch.from_numpy(out + noise[t])
-            drawn = self.head.sample(
-                logits, temperature=sampling.temperature, top_p=sampling.top_p, generator=generator
-            )
+            drawn = self.head.sample(logits, sampling, generator)
             return drawn.numpy()
 
         return nucleus

@@ -33,6 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
+from lofibeats.models.sampling import Sampling
+
 SLOPE = 0.2  # LeakyReLU negative slope everywhere
 MIN_CHANNELS = 8
 PAST_FRAMES = 2  # context frames the generator's decoder continues from
@@ -163,6 +165,40 @@ class Generator(nn.Module):
         y = unfold(torch.tanh(self.out(_act(h))))
         start = self.past_frames * self.hop
         return y[:, start : start + self.next_len]
+
+    def noise(
+        self, batch: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """z [B, noise_dim, frames_out] ~ N(0, temperature^2), drawn on `generator`'s device."""
+        device = self.position.device
+        shape = (batch, self.noise_dim, self.frames_out)
+        gen_device = generator.device if generator is not None else device
+        z = torch.randn(shape, generator=generator, device=gen_device).to(device)
+        return z * temperature
+
+    @torch.no_grad()
+    def continue_audio(
+        self,
+        prev: torch.Tensor,
+        n_samples: int,
+        sampling: Sampling,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Continue each row of `prev` ([B, T] in [-1, 1]; the last `context_len` samples are
+        used, shorter is left-padded with silence) by `n_samples`, in ceil(n / next_len) passes,
+        each conditioned on the last context of prev + what was generated so far. The noise is
+        scaled by the temperature (greedy: zero noise, the same continuation for every draw).
+        Deterministic given `generator`."""
+        temperature = 0.0 if sampling.is_greedy else sampling.temperature
+        history = fit_left(prev.to(self.position.device, torch.float32), self.context_len)
+        pieces = []
+        for _ in range(math.ceil(n_samples / self.next_len)):
+            piece = self(history, self.noise(history.shape[0], temperature, generator))
+            pieces.append(piece)
+            history = torch.cat([history, piece], dim=1)[:, -self.context_len :]
+        if not pieces:
+            return history.new_zeros(history.shape[0], 0)
+        return torch.cat(pieces, dim=1)[:, :n_samples]
 
 
 def _normed(module: nn.Module, spectral: bool) -> nn.Module:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -23,17 +22,10 @@ from torch import nn
 
 from lofibeats.audio.mulaw import N_CLASSES, class_edges, dequantize, quantize
 from lofibeats.errors import ConfigError
+from lofibeats.models.sampling import Sampling
 
 HEADS = ("mulaw", "regression")
 _LN2 = math.log(2.0)
-
-
-class Sampling(NamedTuple):
-    """How generation draws each token from a head's output (resolved decoding options)."""
-
-    greedy: bool  # argmax / the regression mean (also when temperature is 0)
-    temperature: float
-    top_p: float | None  # nucleus threshold in (0, 1] (mu-law only), None = off
 
 
 def _uniforms(shape: torch.Size, device: torch.device, generator: torch.Generator | None):
@@ -66,13 +58,7 @@ class Head(nn.Module, ABC):
 
     @abstractmethod
     def sample(
-        self,
-        out: torch.Tensor,
-        *,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        self, out: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Draw one token per position; deterministic given `generator`."""
 
@@ -102,19 +88,14 @@ class MulawHead(Head):
         return self.loss(out, target) / _LN2
 
     def sample(
-        self,
-        out: torch.Tensor,
-        *,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        self, out: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Argmax (greedy, or temperature 0), else inverse-CDF sampling of softmax(out / T),
-        optionally restricted to the smallest set of classes whose probability reaches `top_p`."""
-        if greedy or temperature == 0:
+        """Argmax (greedy), else inverse-CDF sampling of softmax(out / T), optionally restricted
+        to the smallest set of classes whose probability reaches `top_p`."""
+        if sampling.is_greedy:
             return out.argmax(-1)
-        probs = torch.softmax(out.float() / temperature, dim=-1)
+        top_p = sampling.top_p
+        probs = torch.softmax(out.float() / sampling.temperature, dim=-1)
         order = None
         if top_p is not None and top_p < 1.0:
             probs, order = probs.sort(dim=-1, descending=True)
@@ -176,21 +157,15 @@ class RegressionHead(Head):
         return -torch.log2((hi - lo).clamp_min(1e-12)).mean()
 
     def sample(
-        self,
-        out: torch.Tensor,
-        *,
-        temperature: float = 1.0,
-        greedy: bool = False,
-        top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        self, out: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """The mean (greedy, or temperature 0), else mean + temperature * noise_std * N(0, 1),
-        clamped to [-1, 1]. `top_p` does not apply to a Gaussian and is ignored."""
-        if greedy or temperature == 0:
+        """The mean (greedy), else mean + temperature * noise_std * N(0, 1), clamped to
+        [-1, 1]. `top_p` does not apply to a Gaussian and is ignored."""
+        if sampling.is_greedy:
             return out
         u = _uniforms(out.shape, out.device, generator).clamp(1e-7, 1.0 - 1e-7)
         noise = torch.special.ndtri(u)  # inverse-CDF of the standard normal
-        return (out + temperature * self.noise_std * noise).clamp(-1.0, 1.0)
+        return (out + sampling.temperature * self.noise_std * noise).clamp(-1.0, 1.0)
 
 
 def build_head(kind: str, hidden: int, regression_loss: str = "mse") -> Head:

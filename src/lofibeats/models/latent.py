@@ -6,21 +6,12 @@ Gaussian q(z | prev) = N(mu, exp(logvar)); the prior is N(0, I). KL values are i
 
 from __future__ import annotations
 
-from typing import NamedTuple, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from lofibeats.models.networks import LSTMState
-
-
-class LatentState(NamedTuple):
-    """A vseq2seq decoder state: the LSTM's (h, c), each [L, B, H], and the latent z that
-    conditions every step: [B, D], or [B, T, D] (one z per step) for a full decoder pass."""
-
-    h: torch.Tensor
-    c: torch.Tensor
-    z: torch.Tensor
 
 
 class LatentPath(Protocol):

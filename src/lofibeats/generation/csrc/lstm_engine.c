@@ -1,7 +1,6 @@
 /* Deep LoFi Beats: the fused LSTM generation kernel behind lofibeats.generation.engine.
  *
- * One call runs a whole chunk: `lofi_encode` reads a known token sequence (the seq2seq encoder
- * over `prev`), `lofi_decode` runs the autoregressive loop (LSTM stack, output head, sampling)
+ * One call runs a whole chunk: `lofi_decode` runs the autoregressive loop (LSTM stack, output head, sampling)
  * for `steps` samples of `batch` streams, and `lofi_frames` the two-tier loop of a frame model
  * (one LSTM step per frame of k samples, then k steps of the small sample-level tier). Python prepares every weight (fused and packed) and
  * every random draw, so the loop does no allocation per step and no Python at all.
@@ -33,7 +32,7 @@
 
 #define LOFI_NB 16 /* columns per weight panel */
 #define LOFI_RB 6  /* rows per register tile (6 x 16 floats: 12 of 16 AVX registers) */
-#define LOFI_ABI 2 /* bumped whenever a struct or signature below changes */
+#define LOFI_ABI 3 /* bumped whenever a struct or signature below changes */
 
 enum { LOFI_OK = 0, LOFI_NO_MEMORY = 1, LOFI_BAD_ARGS = 2 };
 
@@ -268,47 +267,6 @@ static int valid_classes(const LofiLSTM *net, const int64_t *classes, const size
  * the state (h, c) [layers, batch, H], updated in place. Time is cut into blocks; per block,
  * layer 0 steps through its recurrence, then each higher layer takes the whole block's input
  * projection as one matrix product (rows = block * batch) before its own recurrence. */
-LOFI_API int lofi_encode(const LofiLSTM *net, const int32_t batch, const int32_t steps,
-                         const int64_t *classes, const float *values, float *h, float *c) {
-    const int L = net->layers, H = net->hidden, G = net->n_gates, B = batch;
-    if (B < 1 || steps < 0 || L < 1) return LOFI_BAD_ARGS;
-    if (steps == 0) return LOFI_OK;
-    if ((net->n_classes > 0 && !classes) || (net->n_classes == 0 && !values)) return LOFI_BAD_ARGS;
-    if (net->n_classes > 0 && !valid_classes(net, classes, (size_t)B * steps)) return LOFI_BAD_ARGS;
-    const int block = B >= 256 ? 1 : (256 / B < steps ? 256 / B : steps);
-    float *gates = malloc(sizeof(float) * (size_t)block * B * G);
-    float *seq = malloc(sizeof(float) * (size_t)block * B * H);
-    if (!gates || !seq) {
-        free(gates);
-        free(seq);
-        return LOFI_NO_MEMORY;
-    }
-    for (int t0 = 0; t0 < steps; t0 += block) {
-        const int tb = steps - t0 < block ? steps - t0 : block;
-        for (int t = 0; t < tb; t++) { /* layer 0 */
-            input_gates(net, B, classes ? classes + t0 + t : NULL, values ? values + t0 + t : NULL,
-                        steps, gates);
-            matmul_acc(B, h, H, net->weights[0], H, 0, H, gates, G, G);
-            lstm_cell(B, H, G, gates, c, h);
-            memcpy(seq + (size_t)t * B * H, h, sizeof(float) * B * H);
-        }
-        for (int l = 1; l < L; l++) {
-            float *hl = h + (size_t)l * B * H, *cl = c + (size_t)l * B * H;
-            fill_bias(tb * B, G, net->bias[l], gates);
-            matmul_acc(tb * B, seq, H, net->weights[l], 2 * H, 0, H, gates, G, G);
-            for (int t = 0; t < tb; t++) {
-                float *gt = gates + (size_t)t * B * G;
-                matmul_acc(B, hl, H, net->weights[l], 2 * H, H, H, gt, G, G);
-                lstm_cell(B, H, G, gt, cl, hl);
-                memcpy(seq + (size_t)t * B * H, hl, sizeof(float) * B * H);
-            }
-        }
-    }
-    free(gates);
-    free(seq);
-    return LOFI_OK;
-}
-
 /* ------------------------------------------------------------------ sampling */
 
 typedef struct {

@@ -1,0 +1,96 @@
+"""The one interface between a model family and the decoding backends.
+
+A sample-level (or frame-level) family *describes* a decode; a backend (`lofibeats.generation`)
+*consumes* the description and never looks inside the family's network:
+
+- `DecoderWeights`: what every decode step runs (input embedding, decoder LSTM, output head and,
+  for frame models, the sample tier). It does not change between chunks, so a backend may fold
+  or compile it once.
+- `DecodeStart`: where one decode begins: the decoder state, the tokens just before the first
+  output (1 for a sample-level model, one frame of k for a frame model) and any per-step
+  conditioning (vseq2seq's z path).
+
+With the `Sampling` knobs, that is everything a decode needs: the reference loop, the fused
+torch loop and the C kernel all take the same three values. A family that continues audio in
+one pass instead (the GAN) implements `OnePassNet`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from lofibeats.models.frame_tier import SampleTier
+from lofibeats.models.heads import Head
+from lofibeats.models.networks import Decoder, InputEmbedding, LSTMState
+from lofibeats.models.sampling import Sampling
+
+
+@dataclass(frozen=True)
+class DecoderWeights:
+    """The networks one decode step runs; `sample_tier` is None for a sample-level model."""
+
+    embed: InputEmbedding
+    decoder: Decoder
+    head: Head
+    sample_tier: SampleTier | None = None
+
+    @property
+    def frame_size(self) -> int:
+        """Samples per decoder LSTM step (1: sample-level)."""
+        return 1 if self.sample_tier is None else self.sample_tier.frame_size
+
+
+@dataclass(frozen=True)
+class DecodeStart:
+    """Where a decode begins.
+
+    `context` [B, k]: the k tokens before the first output (k = the frame size; a sample-level
+    decoder reads the last one). `cond`: the decoder's conditioning input, [B, C] for every
+    step or [B, n, C] for each output sample (a frame step reads its first sample's); None for
+    an unconditioned decoder.
+    """
+
+    state: LSTMState
+    context: torch.Tensor
+    cond: torch.Tensor | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.context.shape[0]
+
+
+@runtime_checkable
+class AutoregressiveNet(Protocol):
+    """A family that decodes sample by sample (or frame by frame): seq2seq, vseq2seq."""
+
+    head: Head
+
+    def decoder_weights(self) -> DecoderWeights: ...
+
+    def start(
+        self,
+        prev: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> DecodeStart:
+        """Describe continuing `prev` ([B, T] audio in [-1, 1], already cropped to the model's
+        context) by `n_samples`; family `options` (vseq2seq: `z`, `creativity`) shape the
+        start. Anything random is drawn from `generator` here, before the decode's own draws."""
+        ...
+
+
+@runtime_checkable
+class OnePassNet(Protocol):
+    """A family that continues audio without a decode loop (the GAN's generator)."""
+
+    def continue_audio(
+        self,
+        prev: torch.Tensor,
+        n_samples: int,
+        sampling: Sampling,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor: ...

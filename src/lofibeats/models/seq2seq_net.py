@@ -1,0 +1,141 @@
+"""The seq2seq network: LSTM encoder over `prev`, LSTM decoder over `next`, a dense output head.
+
+Batches are `(prev, next)` float tensors in [-1, 1], [B, Tp] and [B, Tn]; `next` follows `prev`.
+The decoder's input at step t is the sample before the one it predicts: the last `prev` sample at
+t = 0, then `next[t - 1]` (teacher forcing) or the model's own prediction (scheduled sampling).
+
+With `frame_size` = k > 1 (SampleRNN's two tiers, see `frame_tier`) the LSTMs step once per
+frame of k samples, reading the previous frame, and a sample-level tier predicts each sample from
+its frame's LSTM output and the k samples before it. The same methods serve both designs: the
+decoder inputs are then the k samples before `next` followed by `next[:-1]` (Tn + k - 1 tokens):
+frame j reads inputs[jk : jk + k], and target t's sample window is inputs[t : t + k].
+
+A plain `nn.Module` built from a `Seq2SeqConfig`; training (teacher forcing, scheduled sampling,
+losses) is `Seq2SeqModule`'s, generation the decoding backends' (`describe` via `start`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lofibeats.models.configs import Seq2SeqConfig
+from lofibeats.models.decoding import DecoderWeights, DecodeStart
+from lofibeats.models.frame_tier import SampleTier, frame_values, left_pad
+from lofibeats.models.heads import build_head
+from lofibeats.models.networks import Decoder, Encoder, InputEmbedding, LSTMState
+
+
+class Seq2SeqNet(nn.Module):
+    """Embedding, encoder, decoder, head and (frame models) the sample tier of one config."""
+
+    def __init__(self, config: Seq2SeqConfig, cond_dim: int = 0) -> None:
+        super().__init__()
+        self.config = config
+        framed = config.frame_size > 1
+        self.head = build_head(
+            config.head, config.sample_hidden if framed else config.hidden, config.regression_loss
+        )
+        self.embed = InputEmbedding(config.embed_dim, self.head.n_classes)
+        self.encoder = Encoder(
+            self.lstm_input_dim,
+            config.hidden,
+            config.layers,
+            config.dropout,
+            config.learned_init,
+            config.forget_bias,
+        )
+        self.decoder = Decoder(
+            self.lstm_input_dim,
+            config.hidden,
+            config.layers,
+            config.dropout,
+            cond_dim=cond_dim,
+            forget_bias=config.forget_bias,
+        )
+        self.sample_tier = (
+            SampleTier(config.frame_size, config.hidden, config.embed_dim, config.sample_hidden)
+            if framed
+            else None
+        )
+
+    @property
+    def frame_size(self) -> int:
+        """Samples per LSTM step (1: the sample-level design)."""
+        return self.config.frame_size
+
+    @property
+    def lstm_input_dim(self) -> int:
+        """Input width of the LSTMs: the sample embedding, or one value per sample of a frame."""
+        return self.config.embed_dim if self.frame_size == 1 else self.frame_size
+
+    # ----------------------------------------------------------------- pieces
+    def lstm_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, T] -> LSTM inputs: embedded samples [B, T, E], or frames [B, T / k, k]."""
+        if self.frame_size == 1:
+            return self.embed(tokens)
+        values = frame_values(tokens, self.head.n_classes)
+        return values.view(tokens.shape[0], tokens.shape[1] // self.frame_size, self.frame_size)
+
+    def silence(self, batch: int, device: torch.device) -> torch.Tensor:
+        """The silence token, [batch]."""
+        return self.head.tokens(torch.zeros(batch, device=device))
+
+    def encoder_state(self, prev_tokens: torch.Tensor) -> LSTMState:
+        """The encoder's final (h, c) over prev tokens [B, Tp] (frames: left-padded with
+        silence to whole frames)."""
+        if self.frame_size > 1 and prev_tokens.shape[1] > 0:
+            silence = self.silence(1, prev_tokens.device)
+            prev_tokens = left_pad(prev_tokens, self.frame_size, silence)
+        return self.encoder(self.lstm_inputs(prev_tokens))
+
+    def context(self, prev_tokens: torch.Tensor) -> torch.Tensor:
+        """The k tokens before `next` [B, k]: the end of `prev`, left-padded with silence (an
+        empty `prev` gives silence)."""
+        silence = self.silence(1, prev_tokens.device)
+        return left_pad(prev_tokens[:, -self.frame_size :], self.frame_size, silence)
+
+    def decoder_inputs(self, prev_tokens: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced decoder inputs [B, Tn + k - 1]: the k tokens before next, then
+        next[:-1] (k = 1: the last prev token, then next[:-1])."""
+        return torch.cat([self.context(prev_tokens), next_tokens[:, :-1]], dim=1)
+
+    def decode(
+        self,
+        inputs: torch.Tensor,
+        state: LSTMState,
+        frames: torch.Tensor | None = None,
+        cond: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """Decoder input tokens [B, Tn + k - 1] -> (head outputs [B, Tn, ...], final state), one
+        LSTM call. `frames` ([B, Tn]) replaces what the LSTM reads (default inputs[:, :Tn]):
+        scheduled sampling feeds predictions there while the sample tier keeps `inputs`.
+        `cond` is the decoder's conditioning ([B, C] or one per LSTM step)."""
+        k = self.frame_size
+        if frames is None:
+            frames = inputs[:, : inputs.shape[1] - k + 1]
+        h, state = self.decoder(self.lstm_inputs(frames), state, cond)
+        if self.sample_tier is None:
+            return self.head(h), state
+        return self.head(self.sample_tier(h, self.embed(inputs))), state
+
+    def decode_step(
+        self, x_t: torch.Tensor, state: LSTMState, cond: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """One sample-level decoder step: input tokens [B] -> (head output, new state)."""
+        h, state = self.decoder.step(self.embed(x_t), state, cond)
+        return self.head(h), state
+
+    # ----------------------------------------------------------------- describing a decode
+    def decoder_weights(self) -> DecoderWeights:
+        return DecoderWeights(self.embed, self.decoder, self.head, self.sample_tier)
+
+    def start(
+        self, prev: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
+    ) -> DecodeStart:
+        """Continue `prev` [B, T]: the encoder's final state starts the decoder."""
+        prev_tokens = self.head.tokens(prev)
+        return DecodeStart(self.encoder_state(prev_tokens), self.context(prev_tokens))
+
+    def extra_repr(self) -> str:
+        return f"frame_size={self.frame_size}"
