@@ -110,7 +110,12 @@ def test_formats_nested_folders_odd_names_and_several_rates(tmp_path: Path):
     report = prepare(raw, tmp_path / "cache", rates=(8000, 16000, 22050))
 
     assert report.kept == len(durations) and report.decoded == len(durations)
-    assert report.ignored == 3 and report.skipped == []
+    assert report.skipped == []
+    assert {e.path: e.reason for e in report.ignored} == {
+        ".hidden.wav": "hidden file",
+        "album one/cover.jpg": "not audio: image",
+        "notes.txt": "not audio: text or document",
+    }
     assert "8000, 16000, 22050 Hz" in report.headline()
     for sr in (8000, 16000, 22050):
         manifest = check_cache(tmp_path / "cache" / f"sr{sr}")

@@ -28,6 +28,7 @@ back. Everything is written to a temporary name and renamed, so a reader never s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -132,6 +133,9 @@ def write_text_atomic(path: Path, text: str) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            raise type(exc)(exc.errno, exc.strerror, str(path)) from exc  # name the file
         raise

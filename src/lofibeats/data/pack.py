@@ -8,6 +8,7 @@ least the target size; a source is never split across shards.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -80,38 +81,54 @@ class ShardPacker:
         self._buf = bytearray(COPY_CHUNK)
 
     def add(self, source: np.ndarray | Piece) -> tuple[str, int]:
-        """Append int16 samples (an array, or a piece of a file); their (shard, offset)."""
-        if self._out is None:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            self._tmp = temp_path(self.folder / shard_name(self.number))
-            self._out = open(self._tmp, "xb")  # noqa: SIM115 - closed in _close/abort
-            self._out.write(_header(0))  # rewritten with the real length on close
-            self._samples = 0
-        name, offset = shard_name(self.number), self._samples
-        if isinstance(source, np.ndarray):
-            self._out.write(np.ascontiguousarray(source, dtype=SHARD_DTYPE).data)
-            self._samples += len(source)
-        else:
-            _copy(source, self._out, self._buf)
-            self._samples += source.samples
-        if self._samples >= self.target_samples:
-            self._close()
+        """Append int16 samples (an array, or a piece of a file); their (shard, offset).
+
+        An OSError (a full disk...) names the shard being written; `abort()` then cleans up.
+        """
+        name = shard_name(self.number)
+        try:
+            if self._out is None:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                self._tmp = temp_path(self.folder / name)
+                self._out = open(self._tmp, "xb")  # noqa: SIM115 - closed in _close/abort
+                self._out.write(_header(0))  # rewritten with the real length on close
+                self._samples = 0
+            offset = self._samples
+            if isinstance(source, np.ndarray):
+                self._out.write(np.ascontiguousarray(source, dtype=SHARD_DTYPE).data)
+                self._samples += len(source)
+            else:
+                _copy(source, self._out, self._buf)
+                self._samples += source.samples
+            if self._samples >= self.target_samples:
+                self._close()
+        except OSError as exc:
+            raise with_filename(exc, self.folder / name) from exc
         return name, offset
 
     def finish(self) -> list[str]:
         """Close the last shard; every shard written."""
         if self._out is not None:
-            self._close()
+            try:
+                self._close()
+            except OSError as exc:
+                raise with_filename(exc, self.folder / shard_name(self.number)) from exc
         return self.written
 
     def abort(self) -> None:
-        """Delete everything this packer wrote (after a failure, before any manifest names it)."""
+        """Delete everything this packer wrote (after a failure, before any manifest names it).
+
+        Never raises: closing a file whose buffer cannot be flushed (a full disk) fails again.
+        """
         if self._out is not None:
-            self._out.close()
+            with contextlib.suppress(OSError):
+                self._out.close()
             self._out = None
-            self._tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self._tmp.unlink(missing_ok=True)
         for name in self.written:
-            (self.folder / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (self.folder / name).unlink(missing_ok=True)
         self.written = []
 
     def _close(self) -> None:
@@ -134,6 +151,13 @@ def _header(samples: int) -> bytes:
         buf, {"descr": SHARD_DTYPE, "fortran_order": False, "shape": (samples,)}
     )
     return buf.getvalue()
+
+
+def with_filename(exc: OSError, path: Path) -> OSError:
+    """`exc` naming `path` (a write error on a temp file or buffer often names nothing)."""
+    if exc.filename is not None or exc.errno is None:
+        return exc
+    return type(exc)(exc.errno, exc.strerror, str(path))
 
 
 def temp_path(path: Path) -> Path:

@@ -23,25 +23,28 @@ replaced by silence with a warning. The split is by file, from a hash of its rel
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lofibeats.audio.decode import AUDIO_EXTENSIONS
+from lofibeats.audio.decode import AUDIO_EXTENSIONS, AudioDecodeError, MonoReader
 from lofibeats.data.cache import cache_lock, staging_area
 from lofibeats.data.manifest import Manifest, SkippedEntry, SourceEntry
 from lofibeats.data.pack import Piece
 from lofibeats.data.process import KEPT, UNCHANGED, AudioSettings, SourceJob, SourceResult
-from lofibeats.data.report import PrepareReport
-from lofibeats.data.scan import AudioCandidate, scan_audio
+from lofibeats.data.report import PrepareReport, write_unused_list
+from lofibeats.data.scan import AudioCandidate, ScanResult, scan_audio
+from lofibeats.data.space import DiskFullError, disk_full_message, is_disk_full
 from lofibeats.data.update import RateCache
-from lofibeats.data.workers import default_workers, run_jobs
+from lofibeats.data.workers import PrepareProgress, default_workers, progress_bar, run_jobs
 from lofibeats.errors import ConfigError, DataError
+from lofibeats.validate import number
 
 PREPARE_KEYS = (
     "prepare_workers",
@@ -52,6 +55,9 @@ PREPARE_KEYS = (
     "silence_dbfs",
     "val_fraction",
 )
+SCAN_QUIET_SECONDS = 0.3  # a scan shorter than this shows no progress line
+HEADER_PROBES = 200  # files whose length a disk-full estimate reads from their headers, at most
+MANIFEST_BYTES_PER_SOURCE = 300  # about, in manifest.json
 
 
 def prepare_corpus(
@@ -72,10 +78,10 @@ def prepare_corpus(
     started = time.perf_counter()
     rates = _check_rates(sample_rates)
     workers = _check_workers(workers)
-    _check_number("shard_mb", shard_mb, low=0.0)
-    _check_number("target_dbfs", target_dbfs, high=0.0)
-    _check_number("silence_dbfs", silence_dbfs, high=0.0)
-    _check_number("val_fraction", val_fraction, low=0.0, high=1.0, low_inclusive=True)
+    shard_mb = number(shard_mb, "data.shard_mb", low=0.0, low_open=True)
+    target_dbfs = number(target_dbfs, "data.target_dbfs", high=0.0, high_open=True)
+    silence_dbfs = number(silence_dbfs, "data.silence_dbfs", high=0.0, high_open=True)
+    val_fraction = number(val_fraction, "data.val_fraction", low=0.0, high=1.0, high_open=True)
     settings = AudioSettings(
         bool(normalize_loudness), float(target_dbfs), bool(trim_silence), float(silence_dbfs)
     )
@@ -87,68 +93,121 @@ def prepare_corpus(
             "(null = the built-in corpus)"
         )
     report = PrepareReport(raw_dir, cache_dir, rates)
-    with cache_lock(cache_dir), staging_area(cache_dir) as staging:
-        scan = scan_audio(raw_dir)
-        report.ignored = scan.ignored
-        if not scan.files and not scan.skipped:
-            extensions = " ".join(sorted(AUDIO_EXTENSIONS))
-            raise DataError(
-                f"no audio files ({extensions}) in {raw_dir}: add some or point data.raw_dir elsewhere"
-            )
-        fingerprint = settings.fingerprint()
-        caches = [
-            RateCache(cache_dir / f"sr{rate}", rate, str(raw_dir.resolve()), fingerprint)
-            for rate in rates
-        ]
-        target_samples = max(1, int(shard_mb * (1 << 20)) // 2)
-        packers = {cache.sr: cache.packer(target_samples) for cache in caches}
-        committed: list[Manifest] = []
-        try:
-            jobs = _plan_jobs(scan.files, caches, settings, staging)
-            results, placed = {}, {}
-            for result in run_jobs(jobs, workers, progress):
-                # New audio goes into shards as it arrives, so RAM holds one file's output at a time.
-                for rate, out in result.output.items():
-                    source = (
-                        out
-                        if isinstance(out, np.ndarray)
-                        else Piece(result.rel, result.samples[rate], out)
-                    )
-                    placed[rate, result.rel] = packers[rate].add(source)
-                result.output = {}
-                results[result.rel] = result
-
-            by_rate = {c.sr: _collect(c, scan.files, scan.skipped, results, placed) for c in caches}
-            reused, new, skipped = by_rate[rates[0]]
-            if not reused and not new:
-                example = f" (e.g. {skipped[0].path}: {skipped[0].reason})" if skipped else ""
+    run = _Run(raw_dir, cache_dir)
+    try:
+        with (
+            progress_bar(progress) as bar,
+            cache_lock(cache_dir),
+            staging_area(cache_dir) as staging,
+        ):
+            scan = _scan(raw_dir, bar)
+            report.ignored = scan.ignored
+            if not scan.files and not scan.skipped:
+                extensions = " ".join(sorted(AUDIO_EXTENSIONS))
                 raise DataError(
-                    f"no valid audio in {raw_dir}: all {len(skipped)} audio files were skipped{example}; "
-                    "fix them or point data.raw_dir elsewhere"
+                    f"no audio files ({extensions}) in {raw_dir}: add some or point data.raw_dir "
+                    f"elsewhere{_ignored_example(scan.ignored)}"
                 )
-            manifest_settings = {
-                **fingerprint,
-                "val_fraction": float(val_fraction),
-                "shard_mb": float(shard_mb),
-            }
-            for cache in caches:
-                packer = packers.pop(cache.sr)
-                committed.append(
-                    cache.commit(*by_rate[cache.sr], manifest_settings, float(val_fraction), packer)
-                )
-        finally:
-            for packer in packers.values():  # rates not committed: their new shards are garbage
-                packer.abort()
+            committed = _update(
+                scan, rates, settings, shard_mb, val_fraction, workers, staging, bar, run
+            )
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskFullError(run.disk_full_line(exc)) from None
 
-    decoded = [r for r in results.values() if r.status != UNCHANGED]
+    decoded = [r for r in run.results.values() if r.status != UNCHANGED]
     report.kept = len(committed[0].sources)
     report.seconds = committed[0].total_seconds
     report.skipped = committed[0].skipped
     report.decoded = len(decoded)
     report.decoded_seconds = sum(r.input_seconds for r in decoded)
     report.warnings = [f"{r.rel}: {note}" for r in decoded for note in r.warnings]
+    try:
+        report.unused_list = write_unused_list(report)
+    except OSError as exc:
+        report.warnings.append(
+            f"could not write the list of unused files in {cache_dir} ({exc.strerror or exc})"
+        )
     report.wall_seconds = time.perf_counter() - started
     return report
+
+
+def _scan(raw_dir: Path, bar: PrepareProgress) -> ScanResult:
+    """`scan_audio` with a progress line that appears once the scan takes a moment."""
+    task = bar.add_task(f"scanning {raw_dir.name or raw_dir}", total=None, speed="")
+    started = time.perf_counter()
+
+    def seen(entries: int) -> None:
+        if time.perf_counter() - started > SCAN_QUIET_SECONDS:
+            bar.ensure_started()
+        bar.update(task, completed=entries, speed="files and folders")
+
+    scan = scan_audio(raw_dir, seen)
+    bar.update(task, total=scan.entries, completed=scan.entries)
+    return scan
+
+
+def _update(
+    scan: ScanResult,
+    rates: tuple[int, ...],
+    settings: AudioSettings,
+    shard_mb: float,
+    val_fraction: float,
+    workers: int,
+    staging: Path,
+    bar: PrepareProgress,
+    run: _Run,
+) -> list[Manifest]:
+    """Decode what changed, pack it, and commit every rate's cache (manifest last)."""
+    fingerprint = settings.fingerprint()
+    caches = run.caches = [
+        RateCache(run.cache_dir / f"sr{rate}", rate, run.raw_key, fingerprint) for rate in rates
+    ]
+    target_samples = max(1, int(shard_mb * (1 << 20)) // 2)
+    packers = {cache.sr: cache.packer(target_samples) for cache in caches}
+    committed: list[Manifest] = []
+    try:
+        jobs = run.jobs = _plan_jobs(scan.files, caches, settings, staging)
+        if jobs:
+            bar.ensure_started()
+        placed = {}
+        for result in run_jobs(jobs, workers, bar.show, bar):
+            # New audio goes into shards as it arrives, so RAM holds one file's output at a time.
+            for rate, out in result.output.items():
+                source = (
+                    out
+                    if isinstance(out, np.ndarray)
+                    else Piece(result.rel, result.samples[rate], out)
+                )
+                placed[rate, result.rel] = packers[rate].add(source)
+            result.output = {}
+            run.results[result.rel] = result
+
+        by_rate = {c.sr: _collect(c, scan.files, scan.skipped, run.results, placed) for c in caches}
+        reused, new, skipped = by_rate[rates[0]]
+        if not reused and not new:
+            example = f" (e.g. {skipped[0].path}: {skipped[0].reason})" if skipped else ""
+            raise DataError(
+                f"no valid audio in {run.raw_dir}: all {len(skipped)} audio files were skipped{example}; "
+                "fix them or point data.raw_dir elsewhere"
+            )
+        manifest_settings = {
+            **fingerprint,
+            "val_fraction": float(val_fraction),
+            "shard_mb": float(shard_mb),
+        }
+        for cache in caches:
+            committed.append(
+                cache.commit(
+                    *by_rate[cache.sr], manifest_settings, float(val_fraction), packers[cache.sr]
+                )
+            )
+            del packers[cache.sr]  # its shards are named by the new manifest now
+    finally:
+        for packer in packers.values():  # rates not committed: their new shards are garbage
+            packer.abort()
+    return committed
 
 
 def _plan_jobs(
@@ -324,23 +383,88 @@ def _check_workers(workers: int | None) -> int:
     return workers
 
 
-def _check_number(
-    key: str,
-    value: Any,
-    *,
-    low: float | None = None,
-    high: float | None = None,
-    low_inclusive: bool = False,
-) -> None:
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok and low is not None:
-        ok = value >= low if low_inclusive else value > low
-    if ok and high is not None:
-        ok = value < high
-    if not ok:
-        bounds = []
-        if low is not None:
-            bounds.append(f"{'>=' if low_inclusive else '>'} {low:g}")
-        if high is not None:
-            bounds.append(f"< {high:g}")
-        raise ConfigError(f"data.{key}={value!r}: give a number {' and '.join(bounds)}")
+def _ignored_example(ignored: Sequence[SkippedEntry]) -> str:
+    if not ignored:
+        return ""
+    first = ignored[0]
+    more = f" and {len(ignored) - 1} more files" if len(ignored) > 1 else ""
+    return f" (found {first.path}: {first.reason}{more})"
+
+
+@dataclass
+class _Run:
+    """What a prepare run has done so far: enough to say how much space it needs."""
+
+    raw_dir: Path
+    cache_dir: Path
+    caches: list[RateCache] = field(default_factory=list)
+    jobs: list[SourceJob] = field(default_factory=list)
+    results: dict[str, SourceResult] = field(default_factory=dict)
+
+    @property
+    def raw_key(self) -> str:
+        return str(self.raw_dir.resolve())
+
+    def disk_full_line(self, exc: OSError) -> str:
+        """One line: what could not be written, where, about how much this run needs there."""
+        filename = _disk_full_filename(exc)
+        if filename is not None:
+            where, what = filename.parent, filename.name
+            if where.parent.name == ".staging" or where.name == ".staging":
+                where, what = self.cache_dir, "staged audio"
+        else:
+            where, what = self.cache_dir, "prepared audio"
+        return disk_full_message(
+            what,
+            where,
+            self.bytes_needed(),
+            "the previous cache is intact: free some space and run prepare again",
+        )
+
+    def bytes_needed(self) -> int:
+        """About how many bytes this run writes into the cache: the new shards of every rate
+        (exact for the files already decoded, from the others' headers), the shards compaction
+        rewrites, and the manifests."""
+        total, unknown = 0, []
+        for job in self.jobs:
+            result = self.results.get(job.rel)
+            if result is not None:
+                total += 2 * sum(result.samples.values())
+            else:
+                unknown.append(job)
+        probed, probed_in, rest_in = 0, 0, 0
+        for i, job in enumerate(unknown):
+            size = _size(job.path)
+            if i < HEADER_PROBES:
+                probed += int(2 * _header_seconds(job.path) * sum(job.rates))
+                probed_in += size
+            else:
+                rest_in += size
+        total += probed + (probed * rest_in // probed_in if probed_in else 0)
+        total += sum(2 * cache.repack_samples for cache in self.caches)
+        sources = len(self.jobs) + sum(len(c.previous.sources) for c in self.caches if c.previous)
+        return total + MANIFEST_BYTES_PER_SOURCE * sources
+
+
+def _disk_full_filename(exc: BaseException) -> Path | None:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.filename:
+            return Path(os.fsdecode(exc.filename))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _header_seconds(path: Path) -> float:
+    """The length a file's header gives (0 when it cannot be read)."""
+    try:
+        with MonoReader(path) as reader:
+            return reader.info.seconds
+    except (AudioDecodeError, OSError):
+        return 0.0

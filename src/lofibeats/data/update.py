@@ -41,6 +41,7 @@ class RateCache:
         remove_stale_files(sr_dir, self.previous.shards if self.previous else ())
         self._shards: dict[str, tuple[int, int]] = {}  # name -> (samples, data offset in bytes)
         self._entries: dict[str, SourceEntry | SkippedEntry] = {}
+        self.repack_samples = 0  # reused samples `commit` rewrites (compaction), once it runs
         prev = self.previous
         if prev is None or prev.sr != sr or prev.raw_dir != raw_dir:
             return
@@ -91,6 +92,7 @@ class RateCache:
         if len(small) >= 2 or (small and new):
             repack.update(small)
 
+        self.repack_samples = sum(e.samples for e in reused if e.shard in repack)
         sources = [e for e in reused if e.shard not in repack] + list(new)
         for entry in sorted((e for e in reused if e.shard in repack), key=lambda e: e.path):
             data_offset = self._shards[entry.shard][1]
