@@ -289,7 +289,7 @@ class _FFmpegSource:
             self.close()
             raise
         first = self._first
-        sr, channels = int(first.sample_rate), int(first.layout.nb_channels)
+        sr, channels = int(first.sample_rate), len(first.layout.channels)
         self.info = AudioInfo(
             sr,
             channels,
@@ -360,7 +360,7 @@ class _FFmpegSource:
         planar = name.endswith("p")
         dtype, scale, offset = _AV_SAMPLES[name.removesuffix("p")]
         data = frame.to_ndarray()
-        channels = frame.layout.nb_channels
+        channels = len(frame.layout.channels)
         if not planar:  # packed: one row of interleaved samples
             data = data.reshape(-1, channels).T
         mono = data[0].astype(np.float32)
