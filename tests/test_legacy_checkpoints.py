@@ -39,7 +39,10 @@ def test_v01_checkpoint_generates_what_v01_generated(name: str, engine: str) -> 
         module, legacy_prime(), 300, sampling=Sampling(0.8), seed=3, engine=engine
     )
     expected = np.load(LEGACY / "expected_v0.1.npz")[f"{name}_{engine}"]
-    np.testing.assert_array_equal(audio.numpy(), expected)
+    if name == "gan":  # convolutions: oneDNN's kernel choice moves the last float bit
+        np.testing.assert_allclose(audio.numpy(), expected, rtol=0, atol=1e-5)
+    else:  # the same mu-law classes drawn from the same uniforms
+        np.testing.assert_array_equal(audio.numpy(), expected)
 
 
 def test_migrated_checkpoint_is_the_new_format(tmp_path: Path) -> None:
