@@ -83,6 +83,19 @@ class AudioDecodeError(DataError):
 class _CannotOpen(AudioDecodeError):
     """This decoder cannot open the file (the other one may)."""
 
+    def __init__(self, reason: str, decoder: str, unrecognised: bool = False):
+        super().__init__(reason)
+        self.decoder = decoder
+        self.unrecognised = unrecognised  # no format matched the content
+
+
+def _reason(failed: list[_CannotOpen]) -> _CannotOpen:
+    """Why no decoder opened a file: the first decoder's reason, unless FFmpeg (which probes the
+    content for every format it knows) found no format at all: then that is the reason."""
+    if any(e.unrecognised and e.decoder == "ffmpeg" for e in failed):
+        return next(e for e in failed if e.unrecognised)
+    return failed[0]
+
 
 class _Corrupt(Exception):
     """FFmpeg failed in the middle of the stream; the message is its reason."""
@@ -138,18 +151,18 @@ class MonoReader:
             if suffix in FFMPEG_EXTENSIONS
             else (_SndfileSource, _FFmpegSource)
         )
-        first: AudioDecodeError | None = None
+        failed: list[_CannotOpen] = []
         for opener in openers:
             try:
                 self._source = opener(self.path, suffix)
                 break
             except _CannotOpen as exc:
-                first = first or exc
+                failed.append(exc)
             except AudioDecodeError:
-                if first is None:  # the first decoder's verdict on the file itself
+                if not failed:  # the first decoder's verdict on the file itself
                     raise
         else:
-            raise AudioDecodeError(str(first)) from None
+            raise AudioDecodeError(str(_reason(failed))) from None
         self.info = self._source.info
         if self.info.sr < MIN_SAMPLE_RATE or self.info.channels <= 0:
             info = self.info
@@ -209,12 +222,14 @@ class _SndfileSource:
         except sf.LibsndfileError as exc:
             message = exc.error_string.rstrip(".")
             if "not recognised" in message:
-                raise _CannotOpen(f"not a recognised audio format ({message})") from None
+                raise _CannotOpen(
+                    f"not a recognised audio format ({message})", "soundfile", unrecognised=True
+                ) from None
             raise _CannotOpen(
-                f"cannot decode: unsupported codec or corrupt header ({message})"
+                f"cannot decode: unsupported codec or corrupt header ({message})", "soundfile"
             ) from None
         except (sf.SoundFileError, OSError) as exc:
-            raise _CannotOpen(f"cannot open: {exc}") from None
+            raise _CannotOpen(f"cannot open: {exc}", "soundfile") from None
         f = self._file
         self.info = AudioInfo(
             int(f.samplerate), int(f.channels), int(f.frames), f.format, f.subtype
@@ -266,8 +281,10 @@ class _FFmpegSource:
         except av.FFmpegError as exc:
             reason = _av_reason(exc)
             if isinstance(exc, av.error.InvalidDataError):
-                raise _CannotOpen(f"not a recognised audio format ({reason})") from None
-            raise _CannotOpen(f"cannot open: {reason}") from None
+                raise _CannotOpen(
+                    f"not a recognised audio format ({reason})", "ffmpeg", unrecognised=True
+                ) from None
+            raise _CannotOpen(f"cannot open: {reason}", "ffmpeg") from None
         container = self._container
         try:
             stream = container.streams.best("audio")
@@ -277,14 +294,16 @@ class _FFmpegSource:
                     "no audio track (a video without sound)" if video else "no audio track"
                 )
             if stream.codec_context is None:
-                raise _CannotOpen("cannot decode: no decoder for its audio codec")
+                raise _CannotOpen("cannot decode: no decoder for its audio codec", "ffmpeg")
             self._frames = self._decoded(stream)
             try:
                 self._first = next(self._frames)
             except StopIteration:
                 raise AudioDecodeError("no audio: the audio track holds no samples") from None
             except _Corrupt as exc:
-                raise _CannotOpen(f"cannot decode: corrupt or unsupported ({exc})") from None
+                raise _CannotOpen(
+                    f"cannot decode: corrupt or unsupported ({exc})", "ffmpeg"
+                ) from None
         except BaseException:
             self.close()
             raise
