@@ -41,7 +41,7 @@ from lofibeats.models.base import LofiModule
 from lofibeats.models.decoding import AutoregressiveNet, DecoderWeights, DecodeStart
 from lofibeats.models.frame_tier import FrameSampler
 from lofibeats.models.networks import LSTMState
-from lofibeats.models.sampling import Sampling
+from lofibeats.models.sampling import DEFAULT_SAMPLING, Sampling
 from lofibeats.validate import choice
 
 ENGINES = ("auto", "fused", "reference")
@@ -214,7 +214,7 @@ class Continuation:
         prev: torch.Tensor,
         n_samples: int,
         *,
-        sampling: Sampling = Sampling(),
+        sampling: Sampling = DEFAULT_SAMPLING,
         generator: torch.Generator | None = None,
         **options: Any,
     ) -> torch.Tensor:
@@ -238,7 +238,7 @@ def continue_audio(
     prev: torch.Tensor,
     n_samples: int,
     *,
-    sampling: Sampling = Sampling(),
+    sampling: Sampling = DEFAULT_SAMPLING,
     generator: torch.Generator | None = None,
     engine: str = "auto",
     **options: Any,

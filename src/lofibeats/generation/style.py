@@ -29,7 +29,9 @@ import torch
 
 from lofibeats.errors import ConfigError, DataError
 from lofibeats.generation.prime import pad_to_context, read_prime
+from lofibeats.models.latent import standard_normal
 from lofibeats.models.vseq2seq_net import DEFAULT_CREATIVITY
+from lofibeats.validate import number
 
 if TYPE_CHECKING:
     from lofibeats.models.vseq2seq import VSeq2SeqModule
@@ -69,11 +71,39 @@ def z_trajectory(
     return z
 
 
-class StylePath:
-    """The z trajectory of one long-form generation (a `LatentPath` for `continue_audio`)."""
+@dataclass
+class LatentSource:
+    """Where a take's z comes from: z = mu + creativity * sigma * eps, with the prime's
+    posterior (mu, sigma), or the prior (mu = 0, sigma = 1) without a prime. `eps` is drawn once
+    per take (lazily: creativity 0 needs none), so creativity can change and z moves along the
+    same direction."""
 
-    def __init__(self, base: torch.Tensor, changes: Sequence[StyleChange] = ()) -> None:
-        self.base = base
+    mu: torch.Tensor
+    sigma: torch.Tensor
+    generator: torch.Generator
+    eps: torch.Tensor | None = None
+
+    def z(self, creativity: float) -> torch.Tensor:
+        """[B, D]: the posterior mean at creativity 0 (no draw), else mu + c * sigma * eps."""
+        creativity = number(creativity, "creativity", low=0.0)
+        if creativity == 0:
+            return self.mu
+        if self.eps is None:
+            self.eps = standard_normal(self.mu.shape, self.mu.device, self.generator)
+        return self.mu + creativity * self.sigma * self.eps
+
+
+class StylePath:
+    """The z trajectory of one take (a `LatentPath`): `take(n)` gives the z of its next `n`
+    samples. Changes can be added while it is read (`change_to`: the live knobs)."""
+
+    def __init__(
+        self,
+        base: torch.Tensor,
+        changes: Sequence[StyleChange] = (),
+        source: LatentSource | None = None,
+    ) -> None:
+        self.base, self.source = base, source
         self.changes = sorted(changes, key=lambda c: c.at)
         self.position = 0
 
@@ -82,6 +112,40 @@ class StylePath:
         z = z_trajectory(self.base, self.changes, self.position, n)
         self.position += n
         return z
+
+    def change_to(self, target: torch.Tensor, blend: int = 0) -> None:
+        """From the next sample taken, glide from the current z to `target` ([B, D] or [D])
+        over `blend` samples; changes planned for later are replaced by this one."""
+        target = target.expand(self.base.shape[0], -1) if target.dim() == 1 else target
+        at = self.position
+        self.changes = [c for c in self.changes if c.at < at] + [StyleChange(at, target, blend)]
+
+    def set_creativity(self, creativity: float, blend: int = 0) -> None:
+        """Move z to mu + creativity * sigma * eps of the take's own source (see `change_to`)."""
+        if self.source is None:
+            raise ConfigError("creativity: this take's z was given directly, not inferred")
+        self.change_to(self.source.z(creativity), blend)
+
+
+def latent_source(
+    module: VSeq2SeqModule, prime: torch.Tensor | None, batch: int, generator: torch.Generator
+) -> LatentSource:
+    """The prime's posterior (its last `context_len` samples), or the prior for `batch` rows
+    without a prime (None or T = 0); eps will come from `generator`."""
+    net = module.net
+    device = next(net.parameters()).device
+    if prime is None or prime.shape[1] == 0:
+        rows = batch if prime is None else prime.shape[0]
+        shape = (rows, module.config.latent_dim)
+        # the prior always draws eps (at any creativity), as the takes of earlier versions did
+        eps = standard_normal(shape, device, generator)
+        return LatentSource(
+            torch.zeros(shape, device=device), torch.ones(shape, device=device), generator, eps
+        )
+    prime = prime[:, -module.context_len :].to(device, torch.float32)
+    with torch.no_grad():
+        mu, logvar = net.posterior(net.head.tokens(prime))
+    return LatentSource(mu, torch.exp(0.5 * logvar), generator)
 
 
 @torch.no_grad()
@@ -196,11 +260,8 @@ def style_path(
     not depend on the changes."""
     creativity = DEFAULT_CREATIVITY if creativity is None else creativity
     generator = torch.Generator().manual_seed(seed + LATENT_SEED_OFFSET)
-    if prime is not None:
-        prime = prime[:, -module.context_len :]
-    base = module.net.latent_from_audio(
-        prime, creativity=creativity, generator=generator, batch=batch
-    )
+    source = latent_source(module, prime, batch, generator)
+    base = source.z(creativity)
     changes = style_changes(
         module,
         change_at,
@@ -210,4 +271,4 @@ def style_path(
         n_samples=n_samples,
         generator=generator,
     )
-    return StylePath(base, changes)
+    return StylePath(base, changes, source)

@@ -32,8 +32,8 @@ from torch import nn
 
 from lofibeats.errors import ConfigError
 from lofibeats.models.heads import Head, MulawHead
-from lofibeats.models.sampling import Sampling
 from lofibeats.models.networks import InputEmbedding
+from lofibeats.models.sampling import Sampling
 
 
 def check_frame_size(frame_size: int, next_len: int) -> None:

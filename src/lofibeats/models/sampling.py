@@ -33,3 +33,7 @@ class Sampling(NamedTuple):
             else number(top_p, f"{prefix}top_p", low=0.0, high=1.0, low_open=True),
             decoding=choice(decoding, DECODINGS, f"{prefix}decoding"),
         )
+
+
+#: plain sampling at temperature 1: what every `sampling=` argument defaults to
+DEFAULT_SAMPLING = Sampling()

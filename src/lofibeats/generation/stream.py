@@ -1,0 +1,203 @@
+"""One endless take: a `Stream` returns the next n samples of a continuation, forever.
+
+A stream decodes whole blocks of `module.chunk_len` samples and serves reads from what it has
+decoded, so the samples do not depend on how they are read (chunk sizes 1, 37 and 4096 give the
+same audio for the same seed) and every block costs the same. Knobs set between reads
+(`sampling`, and for vseq2seq `set_creativity` / `change_style`) apply from the next block.
+
+Two ways to carry what was heard from one block to the next (`carry`):
+
+- ``"window"`` (any family): each block continues the last `context_len` samples of prime +
+  generated audio, re-encoding them, as the model was trained on (prev, next) windows. One-pass
+  models (the GAN) can blend block seams with a crossfade: each block still makes one native
+  chunk, keeps its first `chunk_len - crossfade` samples and holds the rest as a tail that the
+  next block's head is faded into (equal-power or linear).
+- ``"state"`` (autoregressive families): the prime is encoded once and the decoder state runs on
+  from block to block; nothing is re-encoded, so a block costs only its decode.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from lofibeats.errors import ConfigError
+from lofibeats.generation.engine import Continuation
+from lofibeats.generation.style import StylePath
+from lofibeats.models.base import LofiModule
+from lofibeats.models.decoding import AutoregressiveNet, DecodeStart
+from lofibeats.models.sampling import DEFAULT_SAMPLING, Sampling
+from lofibeats.validate import choice
+
+CARRY = ("window", "state")
+FADES = ("equal_power", "linear")
+SILENCE_NOISE_STD = 1e-3  # the "no prime" start: -60 dBFS noise, so the model sees a live signal
+
+
+def fade_curves(length: int, fade: str = "equal_power") -> tuple[torch.Tensor, torch.Tensor]:
+    """(fade_out, fade_in) of `length` samples.
+
+    "equal_power" (cos/sin, constant power for uncorrelated signals: what two sampled guesses
+    are) or "linear" (constant amplitude for correlated signals).
+    """
+    t = (torch.arange(length, dtype=torch.float32) + 0.5) / length
+    if fade == "equal_power":
+        return torch.cos(t * math.pi / 2), torch.sin(t * math.pi / 2)
+    if fade == "linear":
+        return 1.0 - t, t
+    raise ConfigError(f"options.fade={fade!r}: use one of {', '.join(FADES)}")
+
+
+def silence_prime(
+    batch: int, length: int, generator: torch.Generator, device: torch.device
+) -> torch.Tensor:
+    """The start when there is no prime: `length` samples of near-silence (-60 dBFS noise).
+
+    Pure zeros would put the model in a state it never saw in training; a whisper of noise keeps
+    it on real-audio statistics without audibly colouring the start.
+    """
+    noise = torch.randn(batch, length, generator=generator, device=device)
+    return noise * SILENCE_NOISE_STD
+
+
+class Stream:
+    """The continuation of `prime` ([B, T] floats in [-1, 1]; None or T = 0: `batch_size` rows
+    from near-silence) by `module`, read block by block.
+
+    `engine` picks the decoding backend (`lofibeats.generation.engine`), `seed` every random
+    draw, `carry` how blocks connect (see the module doc), `crossfade` (samples, < chunk_len;
+    None = the module's `default_crossfade`) and `fade` the seams of window carry. Family
+    `options` go to the model (vseq2seq: `z`, a `StylePath`, or `creativity`).
+    """
+
+    def __init__(
+        self,
+        module: LofiModule,
+        prime: torch.Tensor | None = None,
+        *,
+        sampling: Sampling = DEFAULT_SAMPLING,
+        seed: int = 0,
+        engine: str = "auto",
+        carry: str = "window",
+        crossfade: int | None = None,
+        fade: str = "equal_power",
+        batch_size: int = 1,
+        **options: Any,
+    ) -> None:
+        self.carry = choice(carry, CARRY, "carry")
+        self.module, self.sampling, self.options = module, sampling, options
+        self.chunk_len, self.context_len = int(module.chunk_len), int(module.context_len)
+        self.crossfade = int(module.default_crossfade if crossfade is None else crossfade)
+        if not 0 <= self.crossfade < self.chunk_len:
+            raise ConfigError(
+                f"options.crossfade={self.crossfade}: use 0 to {self.chunk_len - 1} samples "
+                f"(less than the model's chunk length)"
+            )
+        if prime is not None and prime.ndim != 2:
+            raise ValueError(f"prime must be [batch, samples], got shape {tuple(prime.shape)}")
+        device = module.device
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        if prime is None or prime.shape[1] == 0:
+            rows = batch_size if prime is None else prime.shape[0]
+            prime = silence_prime(rows, self.context_len, self.generator, device)
+        self.history = prime[:, -self.context_len :].to(device=device, dtype=torch.float32)
+        self.continuation = Continuation(module, engine)
+        self.fades = (
+            tuple(c.to(device) for c in fade_curves(self.crossfade, fade))
+            if self.crossfade
+            else None
+        )
+        self._tail: torch.Tensor | None = None
+        self._start: DecodeStart | None = None
+        self._buffer = self.history.new_zeros(self.history.shape[0], 0)
+        if self.carry == "state":
+            if not isinstance(module.net, AutoregressiveNet):
+                raise ConfigError(
+                    f"carry=state: the {module.family} model has no decoder state to carry; "
+                    "use carry=window"
+                )
+            if self.crossfade:
+                raise ConfigError("options.crossfade: carry=state has no seams; use 0")
+
+    @property
+    def engine(self) -> str:
+        """What decodes, for messages: "reference", "fused (C kernel)" or "fused (torch)"."""
+        return self.continuation.name
+
+    @property
+    def batch(self) -> int:
+        return self.history.shape[0]
+
+    @torch.inference_mode()
+    def read(self, n: int) -> torch.Tensor:
+        """The next `n` samples of every row, [B, n] floats in [-1, 1]."""
+        if n < 0:
+            raise ValueError(f"read({n}): give a number of samples >= 0")
+        module = self.module
+        was_training = module.training
+        module.eval()
+        try:
+            pieces, have = [self._buffer], self._buffer.shape[1]
+            while have < n:
+                block = self._next_block()
+                pieces.append(block)
+                have += block.shape[1]
+            audio = torch.cat(pieces, dim=1)
+        finally:
+            module.train(was_training)
+        self._buffer = audio[:, n:]
+        return audio[:, :n].clamp(-1.0, 1.0)
+
+    @property
+    def style(self) -> StylePath:
+        """The take's latent path (vseq2seq): its `change_to` / `set_creativity` are the style
+        and creativity knobs, applied from the next block."""
+        path = self.options.get("z")
+        if not isinstance(path, StylePath):
+            raise ConfigError("this take has no latent path: only vseq2seq takes style knobs")
+        return path
+
+    # ----------------------------------------------------------------- blocks
+    def _next_block(self) -> torch.Tensor:
+        block = self._window_block() if self.carry == "window" else self._state_block()
+        self.history = torch.cat([self.history, block], dim=1)[:, -self.context_len :]
+        return block
+
+    def _window_block(self) -> torch.Tensor:
+        new = self.continuation(
+            self.history,
+            self.chunk_len,
+            sampling=self.sampling,
+            generator=self.generator,
+            **self.options,
+        )
+        if not self.crossfade:
+            return new
+        if self._tail is not None:
+            fade_out, fade_in = self.fades
+            head = self._tail * fade_out + new[:, : self.crossfade] * fade_in
+            new = torch.cat([head, new[:, self.crossfade :]], dim=1)
+        keep = self.chunk_len - self.crossfade
+        self._tail = new[:, keep:]
+        return new[:, :keep]
+
+    def _state_block(self) -> torch.Tensor:
+        net, n = self.module.net, self.chunk_len
+        if self._start is None:
+            self._start = net.start(self.history, n, self.generator, **self.options)
+        start = self._start
+        tokens, state = self.continuation.backend.decode(start, n, self.sampling, self.generator)
+        cond = self._next_cond(start, n)
+        self._start = DecodeStart(state, tokens[:, -start.context.shape[1] :], cond)
+        return net.head.audio(tokens)
+
+    def _next_cond(self, start: DecodeStart, n: int) -> torch.Tensor | None:
+        """The conditioning of the next block: the latent path's next z (vseq2seq), else the
+        same constant (or none)."""
+        path = self.options.get("z")
+        if start.cond is None or not isinstance(path, StylePath):
+            return start.cond
+        z = path.take(n).to(start.cond.device, torch.float32)
+        return z[:, 0] if z.stride(1) == 0 else z
