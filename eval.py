@@ -11,7 +11,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")
 @exit_on_user_error()
 def main(cfg: DictConfig) -> None:
-    from lofibeats.metrics.run import evaluate
+    from lofibeats.commands.evaluate import evaluate
 
     evaluate(cfg)
 

@@ -11,7 +11,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="generate")
 @exit_on_user_error()
 def main(cfg: DictConfig) -> None:
-    from lofibeats.generation.run import generate
+    from lofibeats.commands.generate import generate
 
     generate(cfg)
 

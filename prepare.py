@@ -5,7 +5,6 @@ Writes int16 shards + manifest.json per rate (see conf/prepare.yaml and lofibeat
 
 import hydra
 from omegaconf import DictConfig
-from rich.console import Console
 
 from lofibeats.cli import exit_on_user_error, register_resolvers, run
 
@@ -15,10 +14,9 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="prepare")
 @exit_on_user_error("interrupted: the cache is as before or complete; run prepare again to finish")
 def main(cfg: DictConfig) -> None:
-    from lofibeats.data.prepare import prepare_from_config
+    from lofibeats.commands.prepare import prepare
 
-    report = prepare_from_config(cfg.data, list(cfg.data.sample_rates), progress=cfg.progress)
-    Console().print(report.summary())
+    prepare(cfg)
 
 
 if __name__ == "__main__":

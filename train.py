@@ -11,7 +11,7 @@ register_resolvers()
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @exit_on_user_error("interrupted: checkpoints written so far are kept; resume with ckpt_path=last")
 def main(cfg: DictConfig) -> float | None:
-    from lofibeats.training.run import train
+    from lofibeats.commands.train import train
 
     return train(cfg)
 

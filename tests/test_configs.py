@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from lofibeats.models.sampling import Sampling
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -41,9 +45,85 @@ def test_experiment_presets_compose(make_cfg, experiment: str) -> None:
     assert module.sample_rate == cfg.data.sr
 
 
-def test_data_sr_is_the_one_rate_key(make_cfg) -> None:
-    cfg = make_cfg("train", ["data.sr=16000"])
-    assert cfg.model.sr == 16000
+def _rate_keys(node: object, path: str = "") -> dict[str, object]:
+    """Every key of a resolved config that names a sample rate (`sr`, `*_sr`, `sample_rate`)."""
+    found: dict[str, object] = {}
+    if isinstance(node, dict):
+        for key, value in node.items():
+            name = f"{path}.{key}" if path else str(key)
+            if key in ("sr", "sample_rate") or str(key).endswith("_sr"):
+                found[name] = value
+            found.update(_rate_keys(value, name))
+    return found
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_data_sr_is_the_one_rate_key(make_cfg, model: str) -> None:
+    """Every rate in the run config follows data.sr (the built-in corpus's render rate is its
+    own: it is resampled like any other folder)."""
+    cfg = make_cfg("train", [f"model={model}", "data.sr=16000"])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved.pop("hydra")
+    rates = _rate_keys(resolved)
+    rates.pop("data.builtin.sr", None)
+    assert "model.sr" in rates and "data.sr" in rates
+    assert rates == dict.fromkeys(rates, 16000)
+
+
+KNOB = re.compile(r"^\s*(temperature|top_p|decoding|creativity):\s*([^#\s]*)")
+
+
+def test_every_decoding_knob_has_one_owner() -> None:
+    """temperature, top_p, decoding and creativity are set in one file each (conf/sampling,
+    conf/inference); anywhere else they may only interpolate it, never hold a second value."""
+    owners: dict[str, list[str]] = {}
+    for path in sorted(CONF.rglob("*.yaml")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            m = KNOB.match(line)
+            if m and not m.group(2).startswith("${"):
+                owners.setdefault(m.group(1), []).append(str(path.relative_to(CONF)))
+    assert owners == {
+        "temperature": ["sampling/default.yaml"],
+        "top_p": ["sampling/default.yaml"],
+        "decoding": ["sampling/default.yaml"],
+        "creativity": ["inference/default.yaml"],
+    }
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+def test_inference_knobs_are_top_level_keys_shared_by_generate_and_eval(
+    make_cfg, command: str
+) -> None:
+    cfg = make_cfg(
+        command, ["temperature=0.5", "top_p=0.95", "decoding=greedy", "engine=reference"]
+    )
+    assert (cfg.temperature, cfg.top_p, cfg.decoding, cfg.engine) == (
+        0.5,
+        0.95,
+        "greedy",
+        "reference",
+    )
+    assert set(cfg.options) == {"crossfade", "fade"}
+    shared = ("ckpt", "device", "threads", "seed", "progress", "creativity", "out_dir")
+    assert all(key in cfg for key in shared)
+    # the run dir layout of README: outputs/<generate|eval>/<date>/<time>_<id>
+    run_dir = OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"]
+    assert run_dir.startswith("${paths.root_dir}/outputs/${task_name}/")
+    assert cfg.task_name == command
+
+
+def test_train_samples_decode_with_the_top_level_knobs(make_cfg) -> None:
+    cfg = make_cfg("train", ["temperature=0.7", "top_p=0.9", "decoding=greedy"])
+    callbacks = {name: instantiate(node) for name, node in cfg.callbacks.items()}
+    assert callbacks["audio_samples"].sampling == Sampling(0.7, 0.9, "greedy")
+    assert callbacks["latent_samples"].n == 4  # vseq2seq's z samples (a no-op for others)
+
+
+@pytest.mark.parametrize("command", ["train", "prepare", "generate", "eval"])
+def test_no_dead_top_level_keys(make_cfg, command: str) -> None:
+    cfg = make_cfg(command)
+    assert "compile" not in cfg
+    assert ("task_name" in cfg) == (command in ("generate", "eval"))  # their run dir reads it
 
 
 def test_run_dirs_are_unique_per_process(tmp_path: Path) -> None:

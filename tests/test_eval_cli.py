@@ -15,8 +15,8 @@ from omegaconf import DictConfig
 from test_generate_cli import REPO, SR, save_tiny_checkpoint, write_tracks
 from torch.utils.data import DataLoader
 
+from lofibeats.commands.evaluate import evaluate, teacher_forced
 from lofibeats.errors import ConfigError
-from lofibeats.metrics.run import evaluate, teacher_forced
 from lofibeats.models.seq2seq import Seq2SeqModule
 
 FAST = ["progress=false", "n=2", "seconds=0.1", "prime_seconds=0.05", "data.val_windows=4"]
@@ -52,6 +52,9 @@ def test_eval_writes_json_with_every_field(
     assert tf["mse"] is None  # mu-law head
     gen = saved["generation"]
     assert gen["clips"] == 2 and gen["seconds"] == pytest.approx(0.1) and gen["rtf"] > 0
+    # the inference knobs it decoded with (conf/inference, conf/sampling)
+    assert (gen["temperature"], gen["top_p"], gen["decoding"]) == (0.9, None, "sample")
+    assert (gen["seed"], gen["engine"], gen["options"]) == (0, "auto", {})
     for means in (gen["mean"], gen["real_mean"]):
         assert set(means) == {
             "rms",
@@ -69,23 +72,6 @@ def test_eval_writes_json_with_every_field(
     )
     assert fd["noise_vs_real_ceiling"] > fd["real_vs_real_floor"]
     assert "NLL bits/sample" in capsys.readouterr().out
-
-
-class _Scored(torch.nn.Module):
-    """A stand-in module with `evaluate_batch`: 'error' is the mean of next - prev's last sample."""
-
-    device = torch.device("cpu")
-
-    def evaluate_batch(self, prev: torch.Tensor, nxt: torch.Tensor) -> dict[str, float]:
-        return {"error": float((nxt - prev[:, -1:]).mean())}
-
-
-def test_teacher_forced_prefers_evaluate_batch_and_weights_by_rows() -> None:
-    prev = torch.zeros(3, 4)
-    nxt = torch.tensor([[1.0] * 2, [1.0] * 2, [4.0] * 2])
-    loader = DataLoader(list(zip(prev, nxt, strict=True)), batch_size=2)  # batches of 2 and 1 rows
-    result = teacher_forced(_Scored(), loader)
-    assert result == {"method": "evaluate_batch", "metrics": {"error": pytest.approx(2.0)}}
 
 
 @pytest.mark.filterwarnings("ignore:.*LeafSpec.*")  # Lightning's own deprecation, not ours

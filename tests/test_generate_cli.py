@@ -17,8 +17,9 @@ import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from lofibeats.commands.generate import generate
+from lofibeats.commands.inference import load_for_inference, val_datamodule
 from lofibeats.errors import ConfigError, DataError
-from lofibeats.generation.run import generate, load_for_inference, val_datamodule
 from lofibeats.models.seq2seq import Seq2SeqModule
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,12 +149,56 @@ def test_user_errors_are_one_line_lofi_errors(
         _generate(make_cfg, f"ckpt={ckpt}", f"prime={tmp_path / 'missing.wav'}")
     with pytest.raises(ConfigError, match=r"options\.wobble"):
         _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "+options.wobble=1")
-    with pytest.raises(
-        ConfigError, match=r"options\.temperature"
-    ):  # a top-level key, not an option
+    with pytest.raises(ConfigError, match=r"options\.temperature is now temperature"):
         _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "+options.temperature=0.5")
     with pytest.raises(ConfigError, match="seconds=-1"):
         _generate(make_cfg, f"ckpt={ckpt}", "seconds=-1")
+
+
+def test_decoding_knobs_are_top_level_keys(
+    make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path
+) -> None:
+    prime = tmp_path / "prime.wav"
+    sf.write(prime, 0.3 * np.sin(2 * np.pi * 220 * np.arange(400) / SR), SR)
+
+    def take(folder: str, *overrides: str) -> np.ndarray:
+        _, out_dir = _generate(
+            make_cfg, f"ckpt={ckpt}", f"prime={prime}", "n=1", f"out_dir={folder}", *overrides
+        )
+        return sf.read(out_dir / "take_00.wav")[0]
+
+    # greedy decoding draws nothing: the seed does not matter; sampled decoding does
+    greedy = take("${paths.root_dir}/g1", "decoding=greedy", "seed=1")
+    np.testing.assert_array_equal(greedy, take("${paths.root_dir}/g2", "decoding=greedy", "seed=2"))
+    np.testing.assert_array_equal(greedy, take("${paths.root_dir}/t0", "temperature=0", "seed=3"))
+    nucleus = take("${paths.root_dir}/p1", "top_p=0.5", "seed=1")
+    assert not np.array_equal(nucleus, take("${paths.root_dir}/p2", "top_p=0.5", "seed=2"))
+    with pytest.raises(ConfigError, match="top_p=1.5"):
+        take("${paths.root_dir}/bad", "top_p=1.5")
+    with pytest.raises(ConfigError, match="decoding='beam'"):
+        take("${paths.root_dir}/bad", "decoding=beam")
+
+
+def test_old_spellings_of_the_decoding_knobs_name_the_new_key(
+    make_cfg: Callable[..., DictConfig],
+    ckpt: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConfigError, match="options.top_p is now top_p: give top_p=<value>"):
+        _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "+options.top_p=0.5")
+    for script, override, new in (
+        ("generate.py", "options.decoding=greedy", "decoding=greedy"),
+        ("train.py", "model.temperature=0.7", "temperature=0.7"),
+    ):
+        monkeypatch.setattr(sys, "argv", [script, override, f"paths.root_dir={tmp_path}"])
+        GlobalHydra.instance().clear()
+        with pytest.raises(SystemExit) as exit_info:
+            runpy.run_path(str(REPO / script), run_name="__main__")
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("error:") and f"give {new}" in err
 
 
 @pytest.mark.parametrize(

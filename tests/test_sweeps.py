@@ -20,9 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from lofibeats.cli import RUN_ID
+from lofibeats.commands.train import train
 from lofibeats.errors import ConfigError, DataError
 from lofibeats.training.precision import cpu_lacks_onednn_kernels
-from lofibeats.training.run import train
 from lofibeats.training.search import ResumableTPESampler
 from lofibeats.training.status import JobStatus, failure_reason
 from lofibeats.training.sweep import SUMMARY_CSV, SUMMARY_MD, SweepSummary, write_summary

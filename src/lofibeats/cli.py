@@ -14,12 +14,25 @@ from typing import TypeVar
 
 from omegaconf import OmegaConf
 
-from lofibeats.errors import LofiError
+from lofibeats.errors import ConfigError, LofiError
 
 T = TypeVar("T")
 
 # One id per process: the run dir suffix, so two runs started in the same second never collide.
 RUN_ID = f"{os.getpid()}{uuid.uuid4().hex[:4]}"
+
+
+# Keys that moved, old spelling -> new (DESIGN.md, "One owner per knob"): the decoding knobs are
+# top-level inference settings, neither generation `options.*` nor model hyperparameters.
+MOVED_KEYS = {
+    "options.temperature": "temperature",
+    "options.top_p": "top_p",
+    "options.decoding": "decoding",
+    "model.temperature": "temperature",
+    "model.top_p": "top_p",
+    "model.decoding": "decoding",
+    "model.creativity": "creativity",
+}
 
 
 def register_resolvers() -> None:
@@ -78,8 +91,28 @@ def quote_paths(argv: list[str]) -> list[str]:
     return out
 
 
+def check_moved_keys(argv: list[str]) -> None:
+    """A ConfigError naming the new key for an override that uses a key's old spelling."""
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        new = MOVED_KEYS.get(key)
+        if new:
+            why = (
+                " (decoding is set at generation, not stored in the model)"
+                if key.startswith("model.")
+                else ""
+            )
+            raise ConfigError(f"{key} is now {new}{why}: give {new}={value or '<value>'}")
+
+
 def run(main: Callable[[], object]) -> None:
-    """Run a `@hydra.main` function with path-friendly command-line overrides."""
+    """Run a `@hydra.main` function with path-friendly command-line overrides; an override of a
+    moved key is one line naming the new key, exit 1."""
+    try:
+        check_moved_keys(sys.argv[1:])
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     sys.argv[1:] = quote_paths(sys.argv[1:])
     main()
 

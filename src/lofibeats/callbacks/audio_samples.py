@@ -22,7 +22,9 @@ from lofibeats.models.sampling import Sampling
 class AudioSamples(pl.Callback):
     """Generate `seconds` after each of `n_primes` val primes; log audio + spectrogram; save wavs.
 
-    `samples_dir` (the run's `samples/`) receives the latest takes as WAV files.
+    `samples_dir` (the run's `samples/`) receives the latest takes as WAV files. `temperature`,
+    `top_p` and `decoding` are the decoding knobs (conf/callbacks interpolates the top-level
+    ones of conf/sampling, which generate.py and eval.py read too).
     """
 
     def __init__(
@@ -31,13 +33,17 @@ class AudioSamples(pl.Callback):
         prime_seconds: float = 1.0,
         seconds: float = 1.0,
         temperature: float = 1.0,
+        top_p: float | None = None,
+        decoding: str = "sample",
         seed: int = 0,
         samples_dir: str | Path | None = None,
     ):
         self.n_primes = n_primes
         self.prime_seconds = prime_seconds
         self.seconds = seconds
-        self.temperature = temperature
+        self.sampling = Sampling.parse(
+            temperature, top_p, decoding, prefix="callbacks.audio_samples."
+        )
         self.seed = seed
         self.samples_dir = Path(samples_dir) if samples_dir else None
         self._primes: torch.Tensor | None = None
@@ -65,7 +71,7 @@ class AudioSamples(pl.Callback):
                 pl_module,
                 primes,
                 round(self.seconds * sr),
-                sampling=Sampling.parse(self.temperature, prefix="callbacks.audio_samples."),
+                sampling=self.sampling,
                 seed=self.seed,
                 progress=False,
             )

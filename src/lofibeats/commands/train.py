@@ -1,4 +1,5 @@
-"""One training run: build data, model, callbacks, loggers and Trainer from the config; fit."""
+"""`python train.py`: one training run: build data, model, callbacks, loggers and Trainer from
+the config; fit; record the job's status for the sweep summary."""
 
 from __future__ import annotations
 

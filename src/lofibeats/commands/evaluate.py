@@ -3,16 +3,15 @@
 Two kinds of numbers:
 
 * teacher-forced likelihood over fixed val windows (the model's own window lengths and rate):
-  bits/sample for every head, and MSE for the regression head. A module that defines
-  `evaluate_batch(prev, next) -> dict[str, float]` is asked directly; otherwise its
-  `validation_step` runs under a throw-away `Trainer.validate` and the logged `val/*` metrics
-  (batch-size-weighted epoch means) are read back.
+  bits/sample for every head, and MSE for the regression head. The module's `validation_step`
+  runs under a throw-away `Trainer.validate` and the logged `val/*` metrics (batch-size-weighted
+  epoch means) are read back.
 * `n` generated clips, each continuing the prime of a real window: their sanity statistics, and
   the Frechet log-mel distance to the real continuations of the same primes, shown between a
   floor (real vs real: the first half of the real clips against the second half) and a ceiling
   (white noise at the real clips' loudness vs real).
 
-Like `lofibeats.training.run` this is command glue, so it imports across packages.
+The clips are generated with the same inference knobs as `generate.py` (conf/inference).
 """
 
 from __future__ import annotations
@@ -33,21 +32,26 @@ from rich.table import Table
 from torch.utils.data import DataLoader
 
 from lofibeats.cli import quiet_third_party
+from lofibeats.commands.inference import (
+    check_latent_keys,
+    creativity_from,
+    data_config_for,
+    load_for_inference,
+    longform_options,
+    sampling_from,
+)
 from lofibeats.data.manifest import Manifest
 from lofibeats.data.prepare import ensure_prepared
 from lofibeats.data.shards import ShardStore, Spans
 from lofibeats.data.windows import ValWindows, collate_pairs
 from lofibeats.errors import ConfigError, DataError
 from lofibeats.generation.longform import generate_long
-from lofibeats.generation.run import (
-    data_config_for,
-    generation_options,
-    load_for_inference,
-    positive,
-)
 from lofibeats.metrics.frechet import frechet_logmel
 from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.base import LofiModule
+from lofibeats.models.sampling import Sampling
+from lofibeats.models.vseq2seq import VSeq2SeqModule
+from lofibeats.validate import number
 
 SANITY_KEYS = ("rms", "dc_offset", "peak", "clip_rate", "spectral_flatness", "zero_crossing_rate")
 SPLITS = ("val", "all")
@@ -89,20 +93,8 @@ class EvalAudio:
 
 
 def teacher_forced(module: LofiModule, loader: DataLoader) -> dict[str, Any]:
-    """Teacher-forced metrics over `loader`: via `evaluate_batch` if the module has it, else
-    via `validation_step` under `Trainer.validate` (see the module docstring)."""
-    if hasattr(module, "evaluate_batch"):
-        totals: Counter[str] = Counter()
-        count = 0
-        with torch.inference_mode():
-            for prev, nxt in loader:
-                rows = prev.shape[0]
-                for name, value in module.evaluate_batch(
-                    prev.to(module.device), nxt.to(module.device)
-                ).items():
-                    totals[name] += float(value) * rows
-                count += rows
-        return {"method": "evaluate_batch", "metrics": {k: v / count for k, v in totals.items()}}
+    """Teacher-forced metrics over `loader`: the module's `validation_step` under a throw-away
+    `Trainer.validate`; the logged `val/*` metrics without their prefix."""
     trainer = pl.Trainer(
         accelerator="gpu" if module.device.type == "cuda" else "cpu",
         devices=1,
@@ -121,7 +113,14 @@ def teacher_forced(module: LofiModule, loader: DataLoader) -> dict[str, Any]:
 
 
 def generated_vs_real(
-    module: LofiModule, pairs: ValWindows, cfg: DictConfig, options: dict[str, Any]
+    module: LofiModule,
+    pairs: ValWindows,
+    *,
+    sampling: Sampling,
+    seed: int,
+    progress: bool,
+    engine: str,
+    options: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Continue each window's prev; return (generated [n, T], real continuations [n, T], RTF)."""
     primes = torch.stack([pairs[i][0] for i in range(len(pairs))])
@@ -131,9 +130,10 @@ def generated_vs_real(
         module,
         primes,
         real.shape[1],
-        temperature=positive(cfg, "temperature", allow_zero=True),
-        seed=int(cfg.get("seed") or 0),
-        progress=bool(cfg.get("progress", True)),
+        sampling=sampling,
+        seed=seed,
+        progress=progress,
+        engine=engine,
         **options,
     )
     rtf = real.shape[1] / module.sample_rate / (time.perf_counter() - started)
@@ -171,12 +171,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Run `python eval.py`; writes `<out_dir>/eval.json` and returns the same dict."""
     quiet_third_party()
     console = Console()
-    n = positive(cfg, "n", int)
+    n = number(cfg.get("n"), "n", kind=int, low=1)
+    sampling = sampling_from(cfg)
+    seed = number(cfg.get("seed"), "seed", kind=int)
+    progress = bool(cfg.get("progress", True))
     module, ckpt, data_cfg = load_for_inference(cfg)
-    options = generation_options(module, cfg.get("options"))
+    options = longform_options(cfg)
+    check_latent_keys(cfg, module)
+    creativity = creativity_from(cfg)
+    if isinstance(module, VSeq2SeqModule) and creativity is not None:
+        options["creativity"] = creativity
     sr = module.sample_rate
     data = data_config_for(module, data_cfg)
-    audio = EvalAudio.prepare(data, str(cfg.split), progress=bool(cfg.get("progress", True)))
+    audio = EvalAudio.prepare(data, str(cfg.split), progress=progress)
 
     tf_windows = audio.windows(
         data["val_windows"], module.context_len, module.chunk_len, "add longer audio files"
@@ -184,10 +191,19 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loader = DataLoader(tf_windows, batch_size=data["batch_size"], collate_fn=collate_pairs)
     tf = teacher_forced(module, loader)
 
-    prime_len = round(positive(cfg, "prime_seconds") * sr)
-    gen_len = round(positive(cfg, "seconds") * sr)
+    prime_len = round(number(cfg.get("prime_seconds"), "prime_seconds", low=0, low_open=True) * sr)
+    gen_len = round(number(cfg.get("seconds"), "seconds", low=0, low_open=True) * sr)
     pairs = audio.windows(n, prime_len, gen_len, "lower seconds or prime_seconds")
-    generated, real, rtf = generated_vs_real(module, pairs, cfg, options)
+    engine = str(cfg.get("engine") or "auto")
+    generated, real, rtf = generated_vs_real(
+        module,
+        pairs,
+        sampling=sampling,
+        seed=seed,
+        progress=progress,
+        engine=engine,
+        options=options,
+    )
     gen_means, verdicts, per_clip = mean_sanity(generated, sr)
     real_means, _, _ = mean_sanity(real, sr)
 
@@ -214,8 +230,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "clips": n,
             "prime_seconds": prime_len / sr,
             "seconds": gen_len / sr,
-            "temperature": float(cfg.temperature),
-            "seed": int(cfg.get("seed") or 0),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "decoding": sampling.decoding,
+            "seed": seed,
+            "engine": engine,
             "options": options,
             "rtf": rtf,
             "mean": gen_means,
@@ -223,7 +242,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "verdicts": verdicts,
             "per_clip": per_clip,
         },
-        "frechet_logmel": frechet_block(generated, real, sr, int(cfg.get("seed") or 0)),
+        "frechet_logmel": frechet_block(generated, real, sr, seed),
     }
     out_dir = Path(str(cfg.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
