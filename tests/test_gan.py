@@ -13,10 +13,14 @@ import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
 
+from lofibeats.commands.train import train
 from lofibeats.errors import ConfigError
+from lofibeats.generation.engine import Continuation, continue_audio
 from lofibeats.generation.longform import generate_long
 from lofibeats.metrics.sanity import spectral_flatness
 from lofibeats.models.checkpoint import load_module
+from lofibeats.models.configs import RETIRED_KEYS
+from lofibeats.models.decoding import AutoregressiveNet, OnePassNet
 from lofibeats.models.gan import GanModule
 from lofibeats.models.gan_losses import (
     MultiResolutionSTFTLoss,
@@ -26,8 +30,8 @@ from lofibeats.models.gan_losses import (
     gradient_penalty,
     stft_resolutions,
 )
-from lofibeats.models.gan_networks import PhaseShuffle, fit_left, fold, unfold
-from lofibeats.training.run import train
+from lofibeats.models.gan_networks import Generator, PhaseShuffle, fit_left, fold, unfold
+from lofibeats.models.sampling import Sampling
 
 SR = 8000
 pytestmark = pytest.mark.filterwarnings(
@@ -102,6 +106,7 @@ def test_config_instantiates_with_plain_hparams_in_samples(make_cfg) -> None:
         assert hp["next_len"] == model.chunk_len == 64 and hp["d_context"] == 32
         assert type(hp["ratios"]) is list and type(hp["betas"]) is list
         assert model.automatic_optimization is False
+        assert hp == model.config.as_hparams() and not set(RETIRED_KEYS) & set(hp)
         buffer = io.BytesIO()
         torch.save(hp, buffer)
         buffer.seek(0)
@@ -125,6 +130,7 @@ def test_config_instantiates_with_plain_hparams_in_samples(make_cfg) -> None:
         ({"n_critic": 0}, "model.n_critic=0"),
         ({"d_context": "soon"}, "model.d_context='soon'"),
         ({"family": "seq2seq"}, "model.family='seq2seq'"),
+        ({"temperature": 0.5}, "model.temperature: unknown key"),  # a decoding knob: Sampling
     ],
 )
 def test_bad_values_raise_config_errors_naming_the_key(overrides, key) -> None:
@@ -134,6 +140,19 @@ def test_bad_values_raise_config_errors_naming_the_key(overrides, key) -> None:
 
 
 # --------------------------------------------------------------------------- networks
+def test_the_network_is_the_generator_and_continues_in_one_pass() -> None:
+    model = tiny()
+    assert model.net is model.generator and type(model.net) is Generator
+    assert isinstance(model.net, OnePassNet) and not isinstance(model.net, AutoregressiveNet)
+    keys = set(model.state_dict())  # unchanged layout: generator.*, discriminator.*, steps.*
+    assert any(k.startswith("generator.") for k in keys) and "steps._extra_state" in keys
+    assert all(k.startswith(("generator.", "discriminator.", "steps.")) for k in keys), keys
+    continuation = Continuation(model.eval())
+    assert continuation.backend is None and continuation.name == "reference"
+    with pytest.raises(ConfigError, match="engine=fused: the gan model has no fused engine"):
+        Continuation(model, "fused")
+
+
 def test_fold_and_fit_left() -> None:
     x = torch.arange(24.0).view(2, 12)
     assert fold(x, 4).shape == (2, 4, 3) and torch.equal(
@@ -148,7 +167,7 @@ def test_fold_and_fit_left() -> None:
 
 def test_generator_emits_next_len_samples_from_any_prev_length() -> None:
     model = tiny(next_len=50).eval()  # not a whole number of frames (16 samples)
-    z = model.noise(2, generator=torch.Generator().manual_seed(0))
+    z = model.generator.noise(2, generator=torch.Generator().manual_seed(0))
     prev, _ = tone_pairs(2, 300, 0)
     for length in (0, 7, 128, 300):
         out = model.generator(prev[:, :length], z)
@@ -161,9 +180,11 @@ def test_generator_emits_next_len_samples_from_any_prev_length() -> None:
 def test_generator_uses_context_and_noise() -> None:
     model = tiny().eval()
     prev, _ = tone_pairs(2, 128, 0)
-    z = model.noise(2, generator=torch.Generator().manual_seed(0))
+    z = model.generator.noise(2, generator=torch.Generator().manual_seed(0))
     base = model.generator(prev, z)
     assert not torch.allclose(base, model.generator(prev, torch.randn_like(z)))
+    half = model.generator.noise(2, 0.5, torch.Generator().manual_seed(0))
+    assert torch.allclose(half, 0.5 * z)  # the temperature scales the noise
     later = prev.clone()
     later[:, -8:] = 0.0  # the samples right before the boundary reach the output
     assert not torch.allclose(base, model.generator(later, z))
@@ -288,8 +309,8 @@ def test_warmup_switch_is_restored_on_resume_and_checkpoints_load(tmp_path: Path
     assert isinstance(loaded, GanModule) and not loaded.training
     assert (loaded.steps.g, loaded.steps.d) == (3, 0) and loaded.adversarial
     prev, _ = tone_pairs(2, 128, 0)
-    expected = model.eval().continue_audio(prev, 100, generator=torch.Generator().manual_seed(3))
-    got = loaded.continue_audio(prev, 100, generator=torch.Generator().manual_seed(3))
+    expected = continue_audio(model.eval(), prev, 100, generator=torch.Generator().manual_seed(3))
+    got = continue_audio(loaded, prev, 100, generator=torch.Generator().manual_seed(3))
     assert torch.equal(expected, got)
 
     resumed = tiny(adv_warmup_steps=3)
@@ -304,21 +325,23 @@ def test_continue_audio_lengths_and_determinism() -> None:
     model = tiny().eval()
     prev, _ = tone_pairs(2, 200, 0)
 
-    def run(seed: int = 0, source: torch.Tensor = prev, n: int = 150, **options) -> torch.Tensor:
-        return model.continue_audio(
-            source, n, generator=torch.Generator().manual_seed(seed), **options
-        )
+    def run(seed: int = 0, source: torch.Tensor = prev, n: int = 150, **knobs) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return continue_audio(model, source, n, sampling=Sampling(**knobs), generator=generator)
 
     for n in (1, 64, 150):
         assert run(n=n).shape == (2, n)
     assert run(n=0).shape == (2, 0)
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
-    assert torch.equal(run(0, temperature=0.0), run(1, temperature=0.0))
+    no_noise = run(0, temperature=0.0)
+    assert torch.equal(no_noise, run(1, temperature=0.0))
+    assert torch.equal(no_noise, run(2, decoding="greedy"))  # greedy = zero noise
+    assert not torch.equal(run(0, temperature=0.5), run(0))  # the temperature scales the noise
     assert torch.equal(run(0), run(0, source=prev[:, -model.context_len :]))
     assert run(0, source=prev[:, :0]).shape == (2, 150)
     assert torch.equal(run(0, n=64), run(0, n=150)[:, :64])  # chunks chain
     with pytest.raises(ValueError, match="batch, time"):
-        model.continue_audio(prev[0], 10)
+        continue_audio(model, prev[0], 10)
     long = generate_long(model, prev, 300, seed=0, crossfade=model.default_crossfade)
     assert long.shape == (2, 300) and torch.isfinite(long).all() and long.abs().max() <= 1.0
 
@@ -331,7 +354,7 @@ def test_learns_to_continue_a_tone() -> None:
     )
     fit(model, max_steps=170, n=256, batch=16, val_every=100)
     prev, _ = tone_pairs(4, 128, 0, seed=5)
-    out = model.eval().continue_audio(prev, 1024, generator=torch.Generator().manual_seed(0))
+    out = continue_audio(model.eval(), prev, 1024, generator=torch.Generator().manual_seed(0))
     assert out.shape == (4, 1024) and torch.isfinite(out).all()
     rows = out.numpy().astype(np.float64)
     rms = np.sqrt(np.mean(rows**2, axis=1))

@@ -1,7 +1,9 @@
-"""The seq2seq family: config, heads, teacher forcing / scheduled sampling, decoding, training."""
+"""The seq2seq family: config, network, heads, teacher forcing / scheduled sampling, decoding,
+training."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -13,9 +15,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lofibeats.audio.mulaw import dequantize, quantize
 from lofibeats.errors import ConfigError
+from lofibeats.generation.engine import continue_audio
+from lofibeats.models.configs import RETIRED_KEYS, Seq2SeqConfig
 from lofibeats.models.heads import MulawHead, RegressionHead
 from lofibeats.models.networks import Decoder
+from lofibeats.models.registry import FAMILIES, build_module
+from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
+from lofibeats.models.seq2seq_net import Seq2SeqNet
 
 SR = 8000
 pytestmark = pytest.mark.filterwarnings(
@@ -59,16 +66,38 @@ def tiny_trainer(**overrides) -> pl.Trainer:
 # --------------------------------------------------------------------------- config
 def test_config_instantiates_with_plain_hparams_in_samples(make_cfg) -> None:
     cfg = make_cfg("train", ["debug=fast", "data.prev_len_max=0.016s"])
+    assert cfg.model._target_ == "lofibeats.models.registry.build_module"
     for model in (instantiate(cfg.model, _convert_="all"), instantiate(cfg.model)):
+        assert type(model) is Seq2SeqModule and FAMILIES["seq2seq"] is Seq2SeqModule
+        assert isinstance(model.config, Seq2SeqConfig) and model.family == "seq2seq"
         hp = dict(model.hparams)
+        assert hp == model.config.as_hparams()  # the checkpoint stores the checked config
         assert hp["family"] == "seq2seq" and hp["sr"] == cfg.data.sr == 8000
         assert hp["prev_len_max"] == 128 and model.context_len == 128
         assert hp["next_len"] == model.chunk_len == 64
         assert type(hp["teacher_forcing"]) is dict
+        assert not set(RETIRED_KEYS) & set(hp)  # decoding knobs are inference's, not the model's
         buffer = io.BytesIO()
         torch.save(hp, buffer)
         buffer.seek(0)
         assert torch.load(buffer, weights_only=True) == hp
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        model.config.hidden = 3  # type: ignore[misc]
+
+
+def test_network_is_a_plain_module_registered_under_net() -> None:
+    model = tiny(layers=2)
+    assert type(model.net) is Seq2SeqNet and model.net.config is model.config
+    assert dict(model.named_children())["net"] is model.net
+    assert model.frame_size == model.net.frame_size == 1
+    keys = set(model.state_dict())
+    assert {"net.embed.proj.weight", "net.head.proj.weight", "net.encoder.h0"} <= keys
+    assert all(k.startswith(("net.", "tf_schedule.")) for k in keys), sorted(keys)
+    assert {name for name, _ in model.named_parameters()} == {
+        f"net.{name}" for name, _ in model.net.named_parameters()
+    }  # everything that trains is the network's
+    again = build_module(**dict(model.hparams))  # what a checkpoint rebuilds
+    assert type(again) is Seq2SeqModule and dict(again.hparams) == dict(model.hparams)
 
 
 @pytest.mark.parametrize(
@@ -79,7 +108,10 @@ def test_config_instantiates_with_plain_hparams_in_samples(make_cfg) -> None:
         ({"teacher_forcing": {"ratio": 0.5}}, "model.teacher_forcing.ratio: unknown key"),
         ({"teacher_forcing": {"passes": 1}}, "model.teacher_forcing.passes=1"),
         ({"hidden": "big"}, "model.hidden='big'"),
-        ({"top_p": 1.5}, "model.top_p=1.5"),
+        ({"top_p": 1.5}, "model.top_p: unknown key"),  # a decoding knob: see Sampling.parse
+        ({"decoding": "greedy"}, "model.decoding: unknown key"),
+        ({"temperature": 0.5}, "model.temperature: unknown key"),
+        ({"family": "vseq2seq"}, "model.family='vseq2seq'"),
         ({"regression_loss": "huber"}, "model.regression_loss='huber'"),
         ({"next_len": "a while"}, "data.next_len='a while'"),
     ],
@@ -90,15 +122,41 @@ def test_bad_values_raise_config_errors_naming_the_key(overrides, key) -> None:
     assert key in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("knobs", "key"),
+    [
+        ({"top_p": 1.5}, "top_p=1.5"),
+        ({"top_p": 0}, "top_p=0"),
+        ({"temperature": -1}, "temperature=-1"),
+        ({"temperature": "hot"}, "temperature='hot'"),
+        ({"decoding": "beam"}, "decoding='beam'"),
+    ],
+)
+def test_bad_decoding_knobs_raise_config_errors_naming_the_key(knobs, key) -> None:
+    """The decoding knobs' checks moved from the model config to `Sampling.parse`."""
+    for prefix in ("", "inference."):
+        with pytest.raises(ConfigError) as info:
+            Sampling.parse(**knobs, prefix=prefix)
+        assert f"{prefix}{key}" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_sampling_knobs_parse_and_greedy_rule() -> None:
+    assert Sampling.parse() == Sampling() == Sampling(1.0, None, "sample")
+    knobs = Sampling.parse(temperature=1, top_p=1, decoding="greedy")
+    assert knobs == Sampling(1.0, 1.0, "greedy") and type(knobs.temperature) is float
+    assert not Sampling().is_greedy and not Sampling(temperature=0.1, top_p=1e-6).is_greedy
+    assert Sampling(decoding="greedy").is_greedy and Sampling(temperature=0.0).is_greedy
+
+
 def test_init_forget_bias_and_learned_initial_state() -> None:
     model = tiny(forget_bias=2.0, learned_init=True)
-    bias = model.encoder.lstm.bias_ih_l0 + model.encoder.lstm.bias_hh_l0
+    bias = model.net.encoder.lstm.bias_ih_l0 + model.net.encoder.lstm.bias_hh_l0
     assert torch.allclose(bias[16:32], torch.full((16,), 2.0))
     assert torch.count_nonzero(bias[:16]) == 0 and torch.count_nonzero(bias[32:]) == 0
-    assert "encoder.h0" in dict(model.named_parameters())
+    assert "net.encoder.h0" in dict(model.named_parameters())
     zero = tiny(learned_init=False)
     assert not any("h0" in name for name, _ in zero.named_parameters())
-    h, c = zero.encode(torch.zeros(3, 0, dtype=torch.long))
+    h, c = zero.net.encoder_state(torch.zeros(3, 0, dtype=torch.long))
     assert h.shape == (1, 3, 16) and torch.count_nonzero(h) == 0 and torch.count_nonzero(c) == 0
 
 
@@ -109,15 +167,19 @@ def test_mulaw_sampling_follows_the_softmax_and_top_p_cuts_the_tail() -> None:
     probs[[10, 20, 30]] = torch.tensor([0.5, 0.3, 0.2])
     logits = probs.clamp_min(1e-12).log().expand(40_000, 256)
     gen = torch.Generator().manual_seed(0)
-    draws = head.sample(logits, generator=gen)
+    draws = head.sample(logits, Sampling(), generator=gen)
     freq = torch.bincount(draws, minlength=256).float() / len(draws)
     assert torch.allclose(freq, probs, atol=0.01)
-    nucleus = head.sample(logits, top_p=0.7, generator=gen)
+    nucleus = head.sample(logits, Sampling(top_p=0.7), generator=gen)
     assert set(nucleus.unique().tolist()) == {10, 20}
-    assert head.sample(logits[:5], top_p=1e-6, generator=gen).tolist() == [10] * 5
-    assert head.sample(logits[:5], temperature=0.0).tolist() == [10] * 5
-    again = head.sample(logits[:100], generator=torch.Generator().manual_seed(3))
-    assert torch.equal(again, head.sample(logits[:100], generator=torch.Generator().manual_seed(3)))
+    assert head.sample(logits[:5], Sampling(top_p=1e-6), generator=gen).tolist() == [10] * 5
+    assert head.sample(logits[:5], Sampling(temperature=0.0)).tolist() == [10] * 5
+    assert head.sample(logits[:5], Sampling(decoding="greedy")).tolist() == [10] * 5
+
+    def seeded(seed: int) -> torch.Tensor:
+        return head.sample(logits[:100], Sampling(), torch.Generator().manual_seed(seed))
+
+    assert torch.equal(seeded(3), seeded(3))
 
 
 def test_mulaw_bits_are_cross_entropy_in_bits() -> None:
@@ -137,9 +199,10 @@ def test_regression_head_predictive_distribution() -> None:
     assert 4.0 < head.nll_bits(target, target).item() < 10.0
     gen = torch.Generator().manual_seed(0)
     mean = torch.zeros(20_000)
-    draws = head.sample(mean, temperature=0.5, generator=gen)
+    draws = head.sample(mean, Sampling(temperature=0.5), generator=gen)
     assert draws.std().item() == pytest.approx(0.15, rel=0.05)
-    assert torch.equal(head.sample(mean, greedy=True), mean)
+    assert torch.equal(head.sample(mean, Sampling(decoding="greedy")), mean)
+    assert torch.equal(head.sample(mean, Sampling(temperature=0.0)), mean)
     head.train()
     before = head.noise_std.item()
     head.loss(torch.zeros(64), torch.full((64,), 0.1))
@@ -149,15 +212,17 @@ def test_regression_head_predictive_distribution() -> None:
 # --------------------------------------------------------------------------- teacher forcing
 @pytest.mark.parametrize("head", ["mulaw", "regression"])
 def test_decode_step_loop_equals_one_teacher_forced_pass(head: str) -> None:
-    model = tiny(head, layers=2).eval()
+    net = tiny(head, layers=2).eval().net
     prev, nxt = sine_pairs(3, 40, 24)
-    prev_tokens, next_tokens = model.head.tokens(prev), model.head.tokens(nxt)
-    state = model.encode(prev_tokens)
-    inputs = model.decoder_inputs(prev_tokens, next_tokens)
-    full, (h_full, c_full) = model.decode(inputs, state)
+    prev_tokens, next_tokens = net.head.tokens(prev), net.head.tokens(nxt)
+    state = net.encoder_state(prev_tokens)
+    inputs = net.decoder_inputs(prev_tokens, next_tokens)
+    assert torch.equal(inputs[:, 0], net.context(prev_tokens)[:, -1])  # the last prev token
+    assert torch.equal(inputs[:, 1:], next_tokens[:, :-1])
+    full, (h_full, c_full) = net.decode(inputs, state)
     outs = []
     for t in range(inputs.shape[1]):
-        out_t, state = model.decode_step(inputs[:, t], state)
+        out_t, state = net.decode_step(inputs[:, t], state)
         outs.append(out_t)
     assert torch.allclose(torch.stack(outs, dim=1), full, atol=1e-5)
     assert torch.allclose(state[0], h_full, atol=1e-5) and torch.allclose(
@@ -184,10 +249,10 @@ def test_decoder_with_conditioning_steps_like_its_full_pass() -> None:
 def test_parallel_and_exact_agree_under_full_teacher_forcing() -> None:
     model = tiny(layers=2).eval()
     prev, nxt = sine_pairs(3, 40, 24)
-    prev_tokens, next_tokens = model.head.tokens(prev), model.head.tokens(nxt)
-    inputs = model.decoder_inputs(prev_tokens, next_tokens)
+    prev_tokens, next_tokens = model.net.head.tokens(prev), model.net.head.tokens(nxt)
+    inputs = model.net.decoder_inputs(prev_tokens, next_tokens)
     truth = torch.ones(inputs.shape, dtype=torch.bool)
-    state = model.encode(prev_tokens)
+    state = model.net.encoder_state(prev_tokens)
     one_pass = model.outputs(prev_tokens, next_tokens, 1.0)
     exact = model.scheduled_exact(inputs, truth, state)
     parallel = model.scheduled_parallel(inputs, truth, state, passes=3)
@@ -208,14 +273,15 @@ def test_jacobi_passes_equal_exact_autoregressive_decoding(ratio: float) -> None
     point of the step-by-step loop: same fed inputs, so the same outputs and loss."""
     model = tiny(layers=2)
     prev, nxt = sine_pairs(4, 40, 12)
-    prev_tokens, next_tokens = model.head.tokens(prev), model.head.tokens(nxt)
+    head = model.net.head
+    prev_tokens, next_tokens = head.tokens(prev), head.tokens(nxt)
     losses = {}
     for mode, passes in [("exact", 2), ("parallel", 12), ("parallel", 2)]:
         twin = _twin(mode, passes, model)
         torch.manual_seed(7)  # the same coins for both modes
         out = twin.outputs(prev_tokens, next_tokens, ratio)
-        losses[mode, passes] = twin.head.loss(out, next_tokens).item()
-    teacher_forced = model.head.loss(model.outputs(prev_tokens, next_tokens), next_tokens).item()
+        losses[mode, passes] = twin.net.head.loss(out, next_tokens).item()
+    teacher_forced = head.loss(model.outputs(prev_tokens, next_tokens), next_tokens).item()
     assert losses["parallel", 12] == pytest.approx(losses["exact", 2], abs=1e-5)
     assert losses["exact", 2] != pytest.approx(teacher_forced, abs=1e-3)  # predictions were fed
     if ratio == 0.0:  # two passes are not enough to reach the fixed point from scratch
@@ -228,7 +294,7 @@ def test_scheduled_sampling_backpropagates_into_the_encoder(mode: str) -> None:
     prev, nxt = sine_pairs(4, 40, 12)
     loss = model.training_step((prev, nxt), 0)
     loss.backward()
-    grad = model.encoder.lstm.weight_hh_l0.grad
+    grad = model.net.encoder.lstm.weight_hh_l0.grad
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     assert model.tf_schedule.step == 1
 
@@ -246,14 +312,21 @@ def test_tf_schedule_advances_per_training_batch_and_is_in_the_state_dict() -> N
 
 
 # --------------------------------------------------------------------------- generation
+def generate(model: Seq2SeqModule, prev: torch.Tensor, n: int, seed: int = 0, **knobs):
+    """The model's own decode loop (the reference backend), knobs checked by Sampling.parse."""
+    generator = torch.Generator().manual_seed(seed)
+    sampling = Sampling.parse(**knobs)
+    return continue_audio(
+        model, prev, n, sampling=sampling, generator=generator, engine="reference"
+    )
+
+
 def test_continue_audio_options() -> None:
     model = tiny().eval()
     prev, _ = sine_pairs(2, 100, 0)
 
-    def run(seed: int = 0, source: torch.Tensor = prev, **options) -> torch.Tensor:
-        return model.continue_audio(
-            source, 40, generator=torch.Generator().manual_seed(seed), **options
-        )
+    def run(seed: int = 0, source: torch.Tensor = prev, **knobs) -> torch.Tensor:
+        return generate(model, source, 40, seed, **knobs)
 
     assert torch.equal(run(0), run(0))
     assert not torch.equal(run(0), run(1))
@@ -263,9 +336,14 @@ def test_continue_audio_options() -> None:
     assert torch.equal(greedy, run(3, top_p=1e-6))
     assert torch.equal(run(0), run(0, source=prev[:, -model.context_len :]))  # cropped to context
     assert run(0, source=prev[:, :0]).shape == (2, 40)  # no prime: starts from silence
-    assert model.continue_audio(prev, 0).shape == (2, 0)
-    model.hparams.decoding = "greedy"
-    assert torch.equal(run(5), greedy)
+    assert continue_audio(model, prev, 0, engine="reference").shape == (2, 0)
+    # the defaults are Sampling()'s (the model has no decoding hparams left to override them)
+    default = continue_audio(
+        model, prev, 40, generator=torch.Generator().manual_seed(0), engine="reference"
+    )
+    assert torch.equal(default, run(0)) and not torch.equal(default, greedy)
+    with pytest.raises(ConfigError, match="model.decoding: unknown key"):
+        tiny(decoding="greedy")
     with pytest.raises(ConfigError, match="decoding='beam'"):
         run(0, decoding="beam")
     with pytest.raises(ConfigError, match="top_p=0"):
@@ -287,7 +365,7 @@ def test_trainer_fit_logs_metrics_and_generates(head: str) -> None:
         assert metrics["val/loss"] == metrics["val/bits_per_sample"]
     assert model.tf_schedule.step == 3
     prev, _ = sine_pairs(2, 30, 0, seed=1)
-    out = model.eval().continue_audio(prev, 50, generator=torch.Generator().manual_seed(0))
+    out = generate(model.eval(), prev, 50)
     assert out.shape == (2, 50) and out.dtype == torch.float32
     assert torch.isfinite(out).all() and out.abs().max() <= 1.0
 
@@ -304,7 +382,7 @@ def test_learns_to_continue_a_sine(head: str) -> None:
         loss.backward()
         opt.step()
     prev, _ = sine_pairs(4, 64, 0, seed=10_000)
-    out = model.eval().continue_audio(prev, 400, generator=torch.Generator().manual_seed(0))
+    out = generate(model.eval(), prev, 400)
     assert out.shape == (4, 400) and torch.isfinite(out).all() and out.abs().max() <= 1.0
     if head == "mulaw":
         rms = out.pow(2).mean(dim=1).sqrt()
@@ -315,7 +393,7 @@ def test_learns_to_continue_a_sine(head: str) -> None:
 
 
 def test_tokens_round_trip_through_the_mulaw_head() -> None:
-    model = tiny()
+    head = tiny().net.head
     x = torch.linspace(-1, 1, 101)[None]
-    assert torch.equal(model.head.tokens(x), quantize(x))
-    assert torch.equal(model.head.audio(model.head.tokens(x)), dequantize(quantize(x)))
+    assert torch.equal(head.tokens(x), quantize(x))
+    assert torch.equal(head.audio(head.tokens(x)), dequantize(quantize(x)))

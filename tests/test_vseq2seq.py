@@ -1,24 +1,36 @@
-"""The vseq2seq family: latent pieces, KL schedules, training, resume, creativity, style in z."""
+"""The vseq2seq family: latent pieces, KL schedules, training, resume, creativity, style in z,
+the LatentSamples TensorBoard callback."""
 
 from __future__ import annotations
 
 import io
 import math
+import wave
 from pathlib import Path
+from unittest import mock
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
+from lofibeats.callbacks.latent_samples import LatentSamples
+from lofibeats.commands.evaluate import evaluate
 from lofibeats.errors import ConfigError
-from lofibeats.metrics.run import evaluate
+from lofibeats.generation.engine import continue_audio
 from lofibeats.models.checkpoint import load_module
+from lofibeats.models.configs import RETIRED_KEYS
 from lofibeats.models.kl_schedules import KLSchedule, kl_weight
 from lofibeats.models.latent import LatentStats, free_bits_kl, kl_per_dim, reparameterize
+from lofibeats.models.sampling import Sampling
+from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
+from lofibeats.models.vseq2seq_net import VSeq2SeqNet
 
 SR = 8000
 PREV, NEXT = 64, 32
@@ -34,7 +46,7 @@ pytestmark = pytest.mark.filterwarnings(
 def tiny(head: str = "mulaw", **overrides) -> VSeq2SeqModule:
     torch.manual_seed(0)
     kwargs = dict(sr=SR, prev_len_max=PREV, next_len=NEXT, hidden=16, layers=1, embed_dim=8)
-    kwargs.update(head=head, warmup_steps=0, latent_dim=4, log_z_samples=0)
+    kwargs.update(head=head, warmup_steps=0, latent_dim=4)
     kwargs.update(overrides)
     return VSeq2SeqModule(**kwargs)
 
@@ -92,6 +104,8 @@ def test_config_composes_on_seq2seq_with_plain_hparams(make_cfg) -> None:
     model = instantiate(cfg.model, _convert_="all")
     hp = dict(model.hparams)
     assert type(model) is VSeq2SeqModule and hp["family"] == "vseq2seq"
+    assert type(model.net) is VSeq2SeqNet and hp == model.config.as_hparams()
+    assert not set(RETIRED_KEYS) & set(hp)  # creativity, z-sample logging: not model config
     assert hp["hidden"] == 16 and hp["teacher_forcing"]["mode"] == "parallel"  # from seq2seq.yaml
     assert hp["latent_dim"] == 16 and hp["z_every_step"] and hp["input_dropout"] == 0.1
     assert hp["kl"] == {
@@ -121,12 +135,29 @@ def test_config_composes_on_seq2seq_with_plain_hparams(make_cfg) -> None:
         ({"latent_dim": 0}, "model.latent_dim=0"),
         ({"input_dropout": 1.0}, "model.input_dropout=1.0"),
         ({"family": "seq2seq"}, "model.family='seq2seq'"),
+        ({"creativity": 1.0}, "model.creativity: unknown key"),  # inference's: continue_audio
+        ({"log_z_samples": 4}, "model.log_z_samples: unknown key"),  # LatentSamples(n=...)
+        ({"log_z_seconds": 0.5}, "model.log_z_seconds: unknown key"),  # LatentSamples(seconds=)
     ],
 )
 def test_bad_values_raise_config_errors_naming_the_key(overrides, key) -> None:
     with pytest.raises(ConfigError) as info:
         tiny(**overrides)
     assert key in str(info.value) and "\n" not in str(info.value)
+
+
+def test_network_is_the_seq2seq_network_plus_the_latent_pieces() -> None:
+    model = tiny(layers=2)
+    net = model.net
+    assert isinstance(model, Seq2SeqModule) and dict(model.named_children())["net"] is net
+    keys = set(model.state_dict())
+    assert {"net.posterior_head.proj.weight", "net.latent_to_state.proj.weight"} <= keys
+    assert all(k.startswith(("net.", "tf_schedule.", "kl_schedule.")) for k in keys), keys
+    assert net.decoder.cond_dim == 4 and tiny(z_every_step=False).net.decoder.cond_dim == 0
+    z = torch.randn(3, 4)
+    h, c = net.latent_state(z)
+    assert h.shape == c.shape == (2, 3, 16)
+    assert net.cond(z) is z and tiny(z_every_step=False).net.cond(z) is None
 
 
 # --------------------------------------------------------------------------- latent pieces
@@ -201,8 +232,8 @@ def test_kl_schedule_counts_its_steps_in_the_state_dict() -> None:
 # --------------------------------------------------------------------------- training
 def test_input_dropout_and_noise_corrupt_teacher_forced_inputs_in_training_only() -> None:
     model = tiny(input_dropout=0.5)
-    tokens = model.head.tokens(sine(4, 500))
-    silence = model.head.tokens(torch.zeros(1)).item()
+    tokens = model.net.head.tokens(sine(4, 500))
+    silence = model.net.head.tokens(torch.zeros(1)).item()
     model.train()
     dropped = model.corrupt_inputs(tokens)
     share = ((dropped == silence) & (tokens != silence)).float().sum() / (tokens != silence).sum()
@@ -242,7 +273,7 @@ def test_val_loss_is_the_elbo_in_bits_per_sample() -> None:
         recon_nats = torch.nn.functional.cross_entropy(
             terms.out.reshape(-1, 256), terms.targets.reshape(-1)
         )
-        kl = kl_per_dim(*model.posterior(model.head.tokens(prev))).sum(-1).mean()
+        kl = kl_per_dim(*model.net.posterior(model.net.head.tokens(prev))).sum(-1).mean()
     expected = (recon_nats + kl / NEXT) / math.log(2)
     assert result["val/loss"] == pytest.approx(expected.item(), rel=1e-5)
     assert result["val/elbo_bits"] == result["val/loss"]
@@ -268,43 +299,56 @@ def test_resume_restores_the_kl_schedule_and_load_module_rebuilds(tmp_path: Path
     loaded = load_module(last)
     assert type(loaded) is VSeq2SeqModule and not loaded.training
     assert loaded.kl_schedule.step == 3
-    assert torch.equal(loaded.posterior_head.proj.weight, model.posterior_head.proj.weight)
+    assert torch.equal(loaded.net.posterior_head.proj.weight, model.net.posterior_head.proj.weight)
 
 
 # --------------------------------------------------------------------------- generation
+GREEDY = Sampling(decoding="greedy")
+
+
+def generate(model: VSeq2SeqModule, prev: torch.Tensor, n: int, **options) -> torch.Tensor:
+    """The model's own decode loop (the reference backend); `options`: sampling, generator,
+    and the family's z / creativity."""
+    return continue_audio(model, prev, n, engine="reference", **options)
+
+
 def test_creativity_zero_uses_the_posterior_mean_and_more_adds_noise() -> None:
     model = tiny().eval()
     prev = sine(2, 100)
 
     def run(seed: int, **options) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
-        return model.continue_audio(prev, 40, decoding="greedy", generator=gen, **options)
+        return generate(model, prev, 40, sampling=GREEDY, generator=gen, **options)
 
     assert torch.equal(run(0, creativity=0.0), run(1, creativity=0.0))  # no noise on z
     assert not torch.equal(run(0, creativity=1.0), run(1, creativity=1.0))
     assert torch.equal(run(0, creativity=1.0), run(0, creativity=1.0))
-    mu = model.posterior(model.head.tokens(prev[:, -PREV:]))[0]
+    assert torch.equal(run(0), run(0, creativity=1.0))  # the default: a posterior sample
+    mu = model.net.posterior(model.net.head.tokens(prev[:, -PREV:]))[0]
     assert torch.equal(run(7, z=mu), run(0, creativity=0.0))
     assert torch.equal(run(7, z=mu[:, None].expand(-1, 40, -1)), run(0, creativity=0.0))
-    prior = model.latent_from_audio(
+    assert torch.equal(model.net.latent_from_audio(prev[:, -PREV:]), mu)  # creativity 0: mu
+    prior = model.net.latent_from_audio(
         None, creativity=0.5, batch=3, generator=torch.Generator().manual_seed(2)
     )
     assert torch.equal(prior, 0.5 * torch.randn(3, 4, generator=torch.Generator().manual_seed(2)))
-    assert model.continue_audio(prev[:, :0], 10).shape == (2, 10)  # empty prime: the prior
-    assert model.continue_audio(prev, 0).shape == (2, 0)
+    assert generate(model, prev[:, :0], 10).shape == (2, 10)  # empty prime: the prior
+    assert generate(model, prev, 0).shape == (2, 0)
     with pytest.raises(ValueError, match="z must be"):
-        model.continue_audio(prev, 5, z=torch.zeros(2, 3))
+        generate(model, prev, 5, z=torch.zeros(2, 3))
+    with pytest.raises(ConfigError, match="creativity=-1"):
+        generate(model, prev, 5, creativity=-1)
 
 
 def test_z_conditions_every_step_only_when_asked() -> None:
     prev = sine(2, 100)
 
     def first_vs_later_z(model: VSeq2SeqModule) -> tuple[bool, bool]:
-        z = model.latent_from_audio(prev).expand(2, -1)
+        z = model.net.latent_from_audio(prev[:, -PREV:]).expand(2, -1)
         path = z[:, None].repeat(1, 30, 1)
         path[:, 10:] += 3.0
-        same = model.continue_audio(prev, 30, z=z, decoding="greedy")
-        moved = model.continue_audio(prev, 30, z=path, decoding="greedy")
+        same = generate(model, prev, 30, z=z, sampling=GREEDY)
+        moved = generate(model, prev, 30, z=path, sampling=GREEDY)
         return torch.equal(same[:, :10], moved[:, :10]), torch.equal(same, moved)
 
     assert first_vs_later_z(tiny().eval()) == (True, False)
@@ -325,18 +369,88 @@ def test_two_styles_get_distinct_posteriors_that_the_decoder_uses() -> None:
     model.eval()
     a, b = sine(32, PREV + NEXT, seed=10**6), square(32, PREV + NEXT, seed=10**6)
     with torch.no_grad():
-        mu_a, mu_b = (model.posterior(model.head.tokens(x[:, :PREV]))[0] for x in (a, b))
+        net = model.net
+        mu_a, mu_b = (net.posterior(net.head.tokens(x[:, :PREV]))[0] for x in (a, b))
         direction = mu_a.mean(0) - mu_b.mean(0)
         spread = (mu_a @ direction).std() + (mu_b @ direction).std()
         assert direction.norm() > 2 * spread / direction.norm()
 
         def recon(x: torch.Tensor, z: torch.Tensor) -> float:
-            prev, nxt = (model.head.tokens(p) for p in pairs(x))
-            out = model.decode(model.decoder_inputs(prev, nxt), model.latent_state(z))[0]
-            return model.head.loss(out, nxt).item()
+            prev, nxt = (net.head.tokens(p) for p in pairs(x))
+            inputs = net.decoder_inputs(prev, nxt)
+            out = net.decode(inputs, net.latent_state(z), cond=net.cond(z))[0]
+            return net.head.loss(out, nxt).item()
 
         own, swapped = recon(a, mu_a) + recon(b, mu_b), recon(a, mu_b) + recon(b, mu_a)
     assert swapped > own + 0.2, (own, swapped)
+
+
+# --------------------------------------------------------------------------- LatentSamples
+class ValClips(pl.LightningDataModule):
+    """Sine windows to train and validate on, and `val_clip` (the prime LatentSamples uses)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.audio = sine(1, 4000, seed=9)[0]
+
+    def train_dataloader(self) -> DataLoader:
+        return loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return loader()
+
+    def val_clip(self, index: int, n_samples: int) -> np.ndarray:
+        return self.audio[:n_samples].numpy()
+
+
+def wav_samples(encoded: bytes) -> np.ndarray:
+    with wave.open(io.BytesIO(encoded)) as wav:
+        assert wav.getsampwidth() == 2 and wav.getnchannels() == 1
+        return np.frombuffer(wav.readframes(wav.getnframes()), dtype="<i2") / 32767.0
+
+
+def test_latent_samples_logs_the_kl_histogram_and_z_sample_audio(tmp_path: Path) -> None:
+    """After each validation (not the sanity check): `latent/kl_per_dim` and `z_samples/<i>`,
+    the first val prime followed by a continuation with the i-th posterior sample of z."""
+    model = tiny()
+    callback = LatentSamples(n=3, prime_seconds=0.01, seconds=0.02)  # 80 + 160 samples
+    logger = TensorBoardLogger(tmp_path, name="tb", version=0)
+    datamodule = ValClips()
+    trainer = tiny_trainer(
+        max_steps=2,
+        logger=logger,
+        log_every_n_steps=1,
+        callbacks=[callback],
+        num_sanity_val_steps=1,
+    )
+    trainer.fit(model, datamodule=datamodule)  # one epoch of 2 batches, then one validation
+    assert model.kl_per_dim is not None and model.kl_per_dim.shape == (4,)
+
+    events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "audio": 0})
+    events.Reload()
+    (histogram,) = events.Histograms("latent/kl_per_dim")  # none from the sanity check
+    assert histogram.step == 2 and histogram.histogram_value.num == 4
+    assert histogram.histogram_value.sum == pytest.approx(model.kl_per_dim.sum().item(), rel=1e-5)
+    assert sorted(events.Tags()["audio"]) == ["z_samples/0", "z_samples/1", "z_samples/2"]
+
+    takes = callback.takes(trainer, model)
+    assert takes.shape == (3, 240)
+    assert torch.equal(takes, callback.takes(trainer, model))  # fixed noise: epochs compare
+    assert torch.equal(takes[:, :80], datamodule.audio[None, :80].expand(3, -1))
+    assert not torch.equal(takes[0, 80:], takes[1, 80:])  # n different takes
+    for i in range(3):
+        (audio,) = events.Audio(f"z_samples/{i}")
+        assert audio.step == 2 and audio.sample_rate == SR and audio.length_frames == 240
+        logged = wav_samples(audio.encoded_audio_string)
+        assert np.allclose(logged, takes[i].numpy(), atol=1e-4)
+
+    writer = logger._experiment = mock.MagicMock()  # later calls: what would be written
+    LatentSamples(n=0).on_validation_end(trainer, model)
+    writer.add_histogram.assert_called_once()
+    writer.add_audio.assert_not_called()
+    other = Seq2SeqModule(sr=SR, prev_len_max=PREV, next_len=NEXT, hidden=16, layers=1)
+    callback.on_validation_end(trainer, other)  # not a vseq2seq model: nothing
+    assert writer.add_histogram.call_count == 1 and not writer.add_audio.called
 
 
 def test_eval_reports_the_elbo_and_active_units(make_cfg, tmp_path: Path) -> None:

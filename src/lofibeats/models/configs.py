@@ -55,6 +55,9 @@ def _rate_and_lengths(values: dict[str, Any]) -> tuple[int, int, int]:
 
 
 def _unknown(cls: type, values: dict[str, Any]) -> None:
+    family = values.get("family", cls.family)
+    if family != cls.family:
+        raise ConfigError(f"model.family={family!r}: this module is {cls.family!r}")
     known = [f.name for f in dataclasses.fields(cls)]
     extra = sorted(set(values) - set(known) - {"family", "_target_"})
     if extra:

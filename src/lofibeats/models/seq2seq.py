@@ -56,11 +56,6 @@ class Seq2SeqModule(LofiModule):
         return self.teacher_forced(inputs, self.net.encoder_state(prev_tokens), ratio)
 
     # ----------------------------------------------------------------- teacher forcing
-    def decoder_inputs(self, prev_tokens: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced decoder inputs [B, Tn + k - 1]: the k tokens before next, then
-        next[:-1] (k = 1: the last prev token, then next[:-1])."""
-        return torch.cat([self.context(prev_tokens), next_tokens[:, :-1]], dim=1)
-
     def truth_mask(self, shape: torch.Size, ratio: float, device: torch.device) -> torch.Tensor:
         """Bernoulli(`ratio`) coins over the LSTM's input tokens [B, Tn], one per frame, True =
         feed the ground truth; frame 0 is always True (it reads the known end of prev).

@@ -28,8 +28,9 @@ a generator seeded with the batch index, so it is repeatable) logs:
   (the reconstruction NLL alone, comparable with seq2seq's), ``val/active_units`` (dimensions
   whose posterior mean varies over the epoch's val windows with variance > 0.01).
 
-`latent_stats()` gives the epoch's KL per dimension for the `LatentSamples` callback, which logs
-it and the first val prime continued with several posterior samples of z to TensorBoard.
+`kl_per_dim` holds the last validation epoch's KL per dimension for the `LatentSamples`
+callback, which logs it and the first val prime continued with several posterior samples of z
+to TensorBoard.
 """
 
 from __future__ import annotations
