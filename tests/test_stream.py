@@ -99,17 +99,25 @@ def test_fused_stream_equals_reference(kind: str, carry: str) -> None:
         assert (out["auto"] != out["reference"]).float().mean() < 0.01
 
 
-def test_state_carry_encodes_once_and_keeps_a_bounded_history(monkeypatch) -> None:
+def test_state_carry_encodes_each_sample_once(monkeypatch) -> None:
+    """State carry: the prime once, then only each new block (constant cost per sample); window
+    carry re-encodes the whole context for every block."""
     module = build("seq2seq")
-    calls = []
+    lengths = []
     original = module.net.encoder_state
-    monkeypatch.setattr(module.net, "encoder_state", lambda t: calls.append(t.shape) or original(t))
+
+    def spy(tokens, state=None):
+        lengths.append(tokens.shape[1])
+        return original(tokens, state)
+
+    monkeypatch.setattr(module.net, "encoder_state", spy)
     stream = Stream(module, prime(), carry="state")
     stream.read(module.chunk_len * 10)
-    assert len(calls) == 1 and stream.history.shape[1] == module.context_len
-    window = Stream(module, prime(), carry="window")
-    window.read(module.chunk_len * 10)
-    assert len(calls) == 11
+    assert lengths[0] == module.context_len and set(lengths[1:]) == {module.chunk_len}
+    assert stream.history.shape[1] == module.context_len
+    lengths.clear()
+    Stream(module, prime(), carry="window").read(module.chunk_len * 10)
+    assert lengths == [module.context_len] * 10
 
 
 def test_state_and_window_carry_agree_on_the_first_block() -> None:
@@ -161,3 +169,18 @@ def test_style_knobs_need_a_latent_and_state_carry_needs_a_decoder() -> None:
         Stream(build("gan"), prime(), carry="state")
     with pytest.raises(ConfigError, match="carry"):
         Stream(build("seq2seq"), prime(), carry="forever")
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "frame", "vseq2seq"])
+def test_follow_continues_the_encoder_over_everything_heard(kind: str) -> None:
+    """After a block, the encoder's running state equals one pass over prime + block."""
+    module = build(kind)
+    net, p = module.net, prime()[:, -module.context_len :]
+    options = {"z": torch.zeros(2, 4)} if kind == "vseq2seq" else {}
+    start = net.start(p, module.chunk_len, **options)
+    block = torch.randint(0, 256, (2, module.chunk_len))
+    follow = net.follow(start, block, module.chunk_len, **options)
+    whole = net.encoder_state(torch.cat([net.head.tokens(p), block], dim=1))
+    for got, want in zip(follow.memory, whole, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert torch.equal(follow.context, block[:, -net.frame_size :])

@@ -12,8 +12,10 @@ Two ways to carry what was heard from one block to the next (`carry`):
   models (the GAN) can blend block seams with a crossfade: each block still makes one native
   chunk, keeps its first `chunk_len - crossfade` samples and holds the rest as a tail that the
   next block's head is faded into (equal-power or linear).
-- ``"state"`` (autoregressive families): the prime is encoded once and the decoder state runs on
-  from block to block; nothing is re-encoded, so a block costs only its decode.
+- ``"state"`` (autoregressive families): the prime is encoded once; after each block the
+  family's running summary moves on over just that block (`net.follow`: seq2seq's encoder
+  state, as models trained on consecutive windows with `data.mode=stream` carry it), so a block
+  costs its decode plus one encoder pass over itself, whatever came before.
 """
 
 from __future__ import annotations
@@ -187,17 +189,6 @@ class Stream:
         net, n = self.module.net, self.chunk_len
         if self._start is None:
             self._start = net.start(self.history, n, self.generator, **self.options)
-        start = self._start
-        tokens, state = self.continuation.backend.decode(start, n, self.sampling, self.generator)
-        cond = self._next_cond(start, n)
-        self._start = DecodeStart(state, tokens[:, -start.context.shape[1] :], cond)
+        tokens, _ = self.continuation.backend.decode(self._start, n, self.sampling, self.generator)
+        self._start = net.follow(self._start, tokens, n, self.generator, **self.options)
         return net.head.audio(tokens)
-
-    def _next_cond(self, start: DecodeStart, n: int) -> torch.Tensor | None:
-        """The conditioning of the next block: the latent path's next z (vseq2seq), else the
-        same constant (or none)."""
-        path = self.options.get("z")
-        if start.cond is None or not isinstance(path, StylePath):
-            return start.cond
-        z = path.take(n).to(start.cond.device, torch.float32)
-        return z[:, 0] if z.stride(1) == 0 else z

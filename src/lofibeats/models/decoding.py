@@ -50,12 +50,14 @@ class DecodeStart:
     `context` [B, k]: the k tokens before the first output (k = the frame size; a sample-level
     decoder reads the last one). `cond`: the decoder's conditioning input, [B, C] for every
     step or [B, n, C] for each output sample (a frame step reads its first sample's); None for
-    an unconditioned decoder.
+    an unconditioned decoder. `memory`: what the family carries from block to block in a
+    stream (seq2seq: the encoder's running state); backends never read it.
     """
 
     state: LSTMState
     context: torch.Tensor
     cond: torch.Tensor | None = None
+    memory: Any = None  # the family's running summary of what was heard (see `follow`)
 
     @property
     def batch(self) -> int:
@@ -80,6 +82,18 @@ class AutoregressiveNet(Protocol):
         """Describe continuing `prev` ([B, T] audio in [-1, 1], already cropped to the model's
         context) by `n_samples`; family `options` (vseq2seq: `z`, `creativity`) shape the
         start. Anything random is drawn from `generator` here, before the decode's own draws."""
+        ...
+
+    def follow(
+        self,
+        start: DecodeStart,
+        tokens: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        **options: Any,
+    ) -> DecodeStart:
+        """The start of the next block of a stream, after `start` decoded `tokens` [B, n]: the
+        running summary of everything heard moves on over `tokens`; nothing is re-encoded."""
         ...
 
 

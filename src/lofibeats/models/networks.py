@@ -82,9 +82,11 @@ class Encoder(nn.Module):
         shape = (self.h0.shape[0], batch, self.h0.shape[2])
         return self.h0.expand(shape).contiguous(), self.c0.expand(shape).contiguous()
 
-    def forward(self, x: torch.Tensor) -> LSTMState:
-        """x: [B, T, input_dim] -> (h, c). T may be 0 (then the initial state is returned)."""
-        state = self.initial_state(x.shape[0])
+    def forward(self, x: torch.Tensor, state: LSTMState | None = None) -> LSTMState:
+        """x: [B, T, input_dim] -> (h, c), from `state` (None: the initial state). T may be 0
+        (then the starting state is returned)."""
+        if state is None:
+            state = self.initial_state(x.shape[0])
         if x.shape[1] == 0:
             return state
         _, state = self.lstm(x, state)

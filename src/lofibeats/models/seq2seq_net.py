@@ -81,13 +81,17 @@ class Seq2SeqNet(nn.Module):
         """The silence token, [batch]."""
         return self.head.tokens(torch.zeros(batch, device=device))
 
-    def encoder_state(self, prev_tokens: torch.Tensor) -> LSTMState:
-        """The encoder's final (h, c) over prev tokens [B, Tp] (frames: left-padded with
-        silence to whole frames)."""
-        if self.frame_size > 1 and prev_tokens.shape[1] > 0:
-            silence = self.silence(1, prev_tokens.device)
-            prev_tokens = left_pad(prev_tokens, self.frame_size, silence)
-        return self.encoder(self.lstm_inputs(prev_tokens))
+    def encoder_state(self, prev_tokens: torch.Tensor, state: LSTMState | None = None) -> LSTMState:
+        """The encoder's final (h, c) over prev tokens [B, Tp], continuing from `state` (None: its
+        initial state). Frames: a fresh encoder left-pads with silence to whole frames; one that
+        continues must be given whole frames."""
+        if self.frame_size > 1 and prev_tokens.shape[1] % self.frame_size:
+            if state is not None:
+                raise ValueError("a continuing frame encoder needs whole frames")
+            if prev_tokens.shape[1] > 0:
+                silence = self.silence(1, prev_tokens.device)
+                prev_tokens = left_pad(prev_tokens, self.frame_size, silence)
+        return self.encoder(self.lstm_inputs(prev_tokens), state)
 
     def context(self, prev_tokens: torch.Tensor) -> torch.Tensor:
         """The k tokens before `next` [B, k]: the end of `prev`, left-padded with silence (an
@@ -135,7 +139,21 @@ class Seq2SeqNet(nn.Module):
     ) -> DecodeStart:
         """Continue `prev` [B, T]: the encoder's final state starts the decoder."""
         prev_tokens = self.head.tokens(prev)
-        return DecodeStart(self.encoder_state(prev_tokens), self.context(prev_tokens))
+        memory = self.encoder_state(prev_tokens)
+        return DecodeStart(memory, self.context(prev_tokens), memory=memory)
+
+    def follow(
+        self,
+        start: DecodeStart,
+        tokens: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+    ) -> DecodeStart:
+        """The next block starts where training on consecutive windows (data.mode=stream) left
+        the model: the encoder's running state moves on over the generated `tokens` and starts
+        the decoder again."""
+        memory = self.encoder_state(tokens, start.memory)
+        return DecodeStart(memory, self.context(tokens), memory=memory)
 
     def extra_repr(self) -> str:
         return f"frame_size={self.frame_size}"

@@ -72,26 +72,36 @@ class VSeq2SeqNet(Seq2SeqNet):
 
     def latent_path(
         self,
-        prev: torch.Tensor,
         n_samples: int,
-        z: torch.Tensor | LatentPath | None,
-        creativity: float,
-        generator: torch.Generator | None,
+        z: torch.Tensor | LatentPath,
+        batch: int,
+        device: torch.device,
     ) -> torch.Tensor:
         """The z of each of the `n_samples` outputs, [B, n, D] (a broadcast view for one z)."""
-        if z is None:
-            z = self.latent_from_audio(prev, creativity=creativity, generator=generator)
         path = z if isinstance(z, torch.Tensor) else z.take(n_samples)
-        path = path.to(prev.device, torch.float32)
+        path = path.to(device, torch.float32)
         if path.dim() == 2:
             path = path[:, None].expand(-1, n_samples, -1)
-        expected = (prev.shape[0], n_samples, self.config.latent_dim)
+        expected = (batch, n_samples, self.config.latent_dim)
         if tuple(path.shape) != expected:
             raise ValueError(
                 f"z must be [batch, latent_dim] or [batch, n_samples, latent_dim] = {expected}, "
                 f"got {tuple(path.shape)}"
             )
         return path
+
+    def _start_from(
+        self,
+        memory: LSTMState,
+        tokens: torch.Tensor,
+        n_samples: int,
+        z: torch.Tensor | LatentPath | torch.Tensor,
+    ) -> DecodeStart:
+        path = self.latent_path(n_samples, z, tokens.shape[0], tokens.device)
+        cond = None
+        if self.config.z_every_step:  # one z for every step: a constant [B, D], no [B, n, D]
+            cond = path[:, 0] if path.stride(1) == 0 else path
+        return DecodeStart(self.latent_state(path[:, 0]), self.context(tokens), cond, memory)
 
     def start(
         self,
@@ -108,9 +118,31 @@ class VSeq2SeqNet(Seq2SeqNet):
         * sigma * eps (0 = the posterior mean, 1 = a posterior sample, > 1 wilder), eps from
         `generator`; an empty `prev` draws from the prior. The decoder starts from the first
         output's z; with `z_every_step` each step reads its own."""
-        path = self.latent_path(prev, n_samples, z, creativity, generator)
-        cond = None
-        if self.config.z_every_step:  # one z for every step: a constant [B, D], no [B, n, D]
-            cond = path[:, 0] if path.stride(1) == 0 else path
-        context = self.context(self.head.tokens(prev))
-        return DecodeStart(self.latent_state(path[:, 0]), context, cond)
+        tokens = self.head.tokens(prev)
+        memory = self.encoder_state(tokens)
+        if z is None:
+            if prev.shape[1] == 0:
+                z = self.latent_from_audio(prev, creativity=creativity, generator=generator)
+            else:
+                mu, logvar = self.posterior_head(memory)
+                z = reparameterize(mu, logvar, number(creativity, "creativity", low=0.0), generator)
+        return self._start_from(memory, tokens, n_samples, z)
+
+    def follow(
+        self,
+        start: DecodeStart,
+        tokens: torch.Tensor,
+        n_samples: int,
+        generator: torch.Generator | None = None,
+        *,
+        z: torch.Tensor | LatentPath | None = None,
+        creativity: float = DEFAULT_CREATIVITY,
+    ) -> DecodeStart:
+        """The next block of a stream: the encoder's running state moves on over `tokens`; z
+        comes from `z` (a path or a fixed z), else is drawn anew from the posterior of that
+        state (as training on consecutive windows draws one z per window)."""
+        memory = self.encoder_state(tokens, start.memory)
+        if z is None:
+            mu, logvar = self.posterior_head(memory)
+            z = reparameterize(mu, logvar, number(creativity, "creativity", low=0.0), generator)
+        return self._start_from(memory, tokens, n_samples, z)
