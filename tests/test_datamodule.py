@@ -6,6 +6,7 @@ exactly where in which shard it came from.
 
 from __future__ import annotations
 
+import io
 import pickle
 import shutil
 import types
@@ -156,15 +157,68 @@ def test_train_is_reproducible_and_varies_with_seed_epoch_and_rank(cache: Path):
     assert torch.equal(dataset.batch(3, 1)[1], epoch1[3][1])
 
 
+def test_train_loader_state_resumes_mid_epoch(cache: Path):
+    """A loader restored from another's `state_dict` hands out what the other would have next."""
+    unbroken = make_dm(cache).train_dataloader()
+    epochs = [batches(unbroken) for _ in range(3)]
+    assert unbroken.state_dict() == {"epoch": 2, "batch": 12}
+
+    dm = make_dm(cache)
+    dm.trainer = types.SimpleNamespace(global_rank=0, current_epoch=1)  # as the Trainer sees it
+    first = dm.train_dataloader()
+    assert first.state_dict() == {"epoch": 0, "batch": 0}
+    drawn = iter(first)
+    taken = [next(drawn) for _ in range(5)]
+    assert same(taken, epochs[1][:5])
+    buffer = io.BytesIO()
+    torch.save(first.state_dict(), buffer)  # what a checkpoint does with it
+    state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+    assert state == {"epoch": 1, "batch": 5}
+
+    dm = make_dm(cache)
+    dm.trainer = clock = types.SimpleNamespace(global_rank=0, current_epoch=1)
+    resumed = dm.train_dataloader()
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state  # saved again before it draws: still the same position
+    assert same(batches(resumed), epochs[1][5:])
+    assert resumed.state_dict() == {"epoch": 1, "batch": 12}
+    clock.current_epoch = 2
+    assert same(batches(resumed), epochs[2]), "the next epoch starts at its batch 0"
+
+    # a checkpoint taken at the end of epoch 1 resumes with all of epoch 2
+    dm = make_dm(cache)
+    dm.trainer = types.SimpleNamespace(global_rank=0, current_epoch=2)
+    after_epoch = dm.train_dataloader()
+    after_epoch.load_state_dict({"epoch": 1, "batch": 12})
+    assert same(batches(after_epoch), epochs[2])
+
+    # without a trainer, the loader's own pass count is restored with the position
+    alone = make_dm(cache).train_dataloader()
+    alone.load_state_dict(state)
+    assert same(batches(alone), epochs[1][5:])
+    assert same(batches(alone), epochs[2])
+    with pytest.raises(DataError, match="train loader state .* resume from another checkpoint"):
+        alone.load_state_dict({"step": 3})
+
+
 def test_spawn_workers_give_the_same_batches_as_the_main_process(cache: Path):
     dm = make_dm(cache, num_workers=2, train_batches_per_epoch=5)
     loader = dm.train_dataloader()
     assert loader.persistent_workers
     assert loader.multiprocessing_context.get_start_method() == "spawn"
-    in_workers = [batches(loader), batches(loader)]  # epochs 0 and 1, same persistent workers
     serial = make_dm(cache, train_batches_per_epoch=5).train_dataloader()
-    assert same(in_workers[0], batches(serial))
-    assert same(in_workers[1], batches(serial))
+    expected = [batches(serial) for _ in range(3)]
+    # resumed after 2 batches of epoch 0; then epoch 1 from the same persistent workers
+    loader.load_state_dict({"epoch": 0, "batch": 2})
+    assert same(batches(loader), expected[0][2:])
+    assert same(batches(loader), expected[1])
+    drawn = iter(loader)
+    taken = [next(drawn) for _ in range(2)]
+    assert same(taken, expected[2][:2])
+    # the workers have built batches ahead by now; the state counts what was handed out
+    assert loader.state_dict() == {"epoch": 2, "batch": 2}
+    loader.load_state_dict(loader.state_dict())  # workers already running see the new start too
+    assert same(batches(loader), expected[2][2:])
 
 
 def test_val_windows_are_fixed_and_spread_over_val_sources(cache: Path):
@@ -254,11 +308,26 @@ def test_missing_cache_and_wrong_rate_are_data_errors(cache: Path, tmp_path: Pat
         ({"val_fraction": -0.1}, "data.val_fraction"),
         ({"seed": -3}, "data.seed"),
         ({"sr": 0}, "data.sr"),
+        ({"batch_size": 2.5}, "data.batch_size"),
+        ({"num_workers": True}, "data.num_workers"),
+        ({"seed": "7"}, "data.seed"),
+        ({"val_fraction": "0.2"}, "data.val_fraction"),
     ],
 )
 def test_bad_config_values_name_their_key(tmp_path: Path, overrides, key):
     with pytest.raises(ConfigError, match=key):
         make_dm(tmp_path, **overrides)
+
+
+def test_whole_floats_are_taken_as_ints(cache: Path):
+    """`data.batch_size=4.0` on the command line means 4 (what every numeric knob accepts)."""
+    dm = make_dm(cache, sr=8000.0, batch_size=4.0, train_batches_per_epoch=3.0, seed=7.0)
+    assert (dm.sr, dm.batch_size, dm.train_batches_per_epoch, dm.seed) == (SR, 4, 3, 7)
+    assert all(type(v) is int for v in (dm.sr, dm.batch_size, dm.seed))
+    assert same(
+        batches(dm.train_dataloader()),
+        batches(make_dm(cache, train_batches_per_epoch=3).train_dataloader()),
+    )
 
 
 def data_config(tmp_path: Path, **values):

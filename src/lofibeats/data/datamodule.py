@@ -2,7 +2,8 @@
 
 A batch is a tuple `(prev [B, Tp], next [B, Tn])` of float32 in [-1, 1]; `next` continues `prev`
 in the same source. Train batches are random (Tp drawn per batch), val windows are fixed (Tp =
-prev_len_max). See `lofibeats.data.windows` for how windows are placed and seeded.
+prev_len_max). See `lofibeats.data.windows` for how windows are placed and seeded, and how the train
+loader's `state_dict` lets a run resumed mid-epoch draw the rest of that epoch.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from lofibeats.data.shards import ShardStore, Spans, pcm_to_float
 from lofibeats.data.windows import TrainBatches, TrainLoader, ValWindows, collate_pairs
 from lofibeats.errors import ConfigError, DataError
 from lofibeats.units import to_samples
+from lofibeats.validate import number
 
 _KEYS = (
     "cache_dir",
@@ -34,12 +36,6 @@ _KEYS = (
     "val_fraction",
     "seed",
 )
-
-
-def _int(value: Any, key: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"data.{key}={value!r}: give an integer >= {minimum}")
-    return value
 
 
 class LofiDataModule(pl.LightningDataModule):
@@ -67,7 +63,7 @@ class LofiDataModule(pl.LightningDataModule):
         prepare_cfg: Mapping[str, Any] | None = None,
     ):
         super().__init__()
-        self.sr = _int(sr, "sr", 1)
+        self.sr = number(sr, "data.sr", kind=int, low=1)
         self.prev_len_min = to_samples(prev_len_min, self.sr, "data.prev_len_min")
         self.prev_len_max = to_samples(prev_len_max, self.sr, "data.prev_len_max")
         self.next_len = to_samples(next_len, self.sr, "data.next_len")
@@ -76,20 +72,14 @@ class LofiDataModule(pl.LightningDataModule):
                 f"data.prev_len_min={prev_len_min!r} ({self.prev_len_min} samples) exceeds "
                 f"data.prev_len_max={prev_len_max!r} ({self.prev_len_max} samples): lower it"
             )
-        self.batch_size = _int(batch_size, "batch_size", 1)
-        self.num_workers = _int(num_workers, "num_workers", 0)
-        self.train_batches_per_epoch = _int(train_batches_per_epoch, "train_batches_per_epoch", 1)
-        self.val_windows = _int(val_windows, "val_windows", 1)
-        self.seed = _int(seed, "seed", 0)
-        if (
-            isinstance(val_fraction, bool)
-            or not isinstance(val_fraction, (int, float))
-            or not 0 <= val_fraction < 1
-        ):
-            raise ConfigError(
-                f"data.val_fraction={val_fraction!r}: give a number in [0, 1), e.g. 0.2"
-            )
-        self.val_fraction = float(val_fraction)
+        self.batch_size = number(batch_size, "data.batch_size", kind=int, low=1)
+        self.num_workers = number(num_workers, "data.num_workers", kind=int, low=0)
+        self.train_batches_per_epoch = number(
+            train_batches_per_epoch, "data.train_batches_per_epoch", kind=int, low=1
+        )
+        self.val_windows = number(val_windows, "data.val_windows", kind=int, low=1)
+        self.seed = number(seed, "data.seed", kind=int, low=0)
+        self.val_fraction = number(val_fraction, "data.val_fraction", low=0, high=1, high_open=True)
         self.sr_dir = Path(cache_dir).expanduser().absolute() / f"sr{self.sr}"
         self.prepare_cfg = prepare_cfg
         self._store: ShardStore | None = None

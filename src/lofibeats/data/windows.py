@@ -8,11 +8,16 @@ fixed, evenly spaced positions.
 Train batches are seeded from (seed, epoch, rank, batch index). Worker `w` of `n` builds batches
 w, w + n, w + 2n, ... and the DataLoader returns them in index order, so a run draws the same
 windows whatever `num_workers` is, while workers and DDP ranks still draw different ones.
+
+Because a batch is a function of its index, where a run stands in an epoch is two numbers: the epoch
+and how many batches the training loop has taken. :class:`TrainLoader` keeps them as its
+`state_dict` (a plain dict, which Lightning saves in every checkpoint under `loops.fit_loop`), and a
+run resumed mid-epoch draws the rest of that epoch exactly as an unbroken run would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -52,6 +57,11 @@ class TrainBatches(IterableDataset):
 
     One batch shares one prev length Tp, drawn in [prev_len_min, prev_len_max]. Use with
     :class:`TrainLoader` (or `DataLoader(batch_size=None)` and :meth:`set_epoch`).
+
+    Where a pass starts is a *position*: a small plain dict made by :meth:`position` and applied by
+    :meth:`seek`. Here it is `{"epoch": e, "batch": k}`; a dataset whose batches depend on more than
+    their index (say, rows that walk through files) adds its own keys, plain ints and lists, and
+    :class:`TrainLoader` saves and restores them unchanged.
     """
 
     def __init__(
@@ -78,11 +88,20 @@ class TrainBatches(IterableDataset):
         self.seed = seed
         self.rank = rank
         # Shared memory: persistent workers keep their own copy of this dataset, yet must see the
-        # epoch that the main process sets before each pass.
-        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        # (epoch, first batch) that the main process seeks to before each pass.
+        self._start = torch.zeros(2, dtype=torch.int64).share_memory_()
+
+    def position(self, epoch: int, batch: int) -> dict[str, int]:
+        """The position of batch `batch` of `epoch` (`batch == len(self)`: the epoch is drawn)."""
+        return {"epoch": int(epoch), "batch": int(batch)}
+
+    def seek(self, position: Mapping[str, Any]) -> None:
+        """Make the next pass draw from `position` (see :meth:`position`) to the end of its epoch."""
+        self._start[0], self._start[1] = int(position["epoch"]), int(position["batch"])
 
     def set_epoch(self, epoch: int) -> None:
-        self._epoch.fill_(epoch)
+        """Make the next pass draw all of `epoch`."""
+        self.seek(self.position(epoch, 0))
 
     def __len__(self) -> int:
         return self.batches_per_epoch
@@ -105,8 +124,9 @@ class TrainBatches(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch = int(self._epoch)
-        for index in range(worker, self.batches_per_epoch, workers):
+        epoch, start = self._start.tolist()
+        # the DataLoader deals a pass's batches out to its workers in turn from worker 0
+        for index in range(start + worker, self.batches_per_epoch, workers):
             yield self.batch(index, epoch)
 
 
@@ -151,10 +171,16 @@ def collate_pairs(items: Sequence[Batch]) -> Batch:
 
 
 class TrainLoader(DataLoader):
-    """A DataLoader over :class:`TrainBatches` that sets the dataset's epoch as each pass starts.
+    """A DataLoader over :class:`TrainBatches` that seeks the dataset as each pass starts.
 
     Lightning calls `set_epoch` only on samplers, and an IterableDataset has none. `epoch_fn`
     returns the current epoch (e.g. the trainer's); without it, passes are counted 0, 1, 2, ...
+
+    Resumable: :meth:`state_dict` is the dataset's position after the batches this loader has handed
+    out (counted here, in the main process, so batches that workers have prefetched do not count).
+    Lightning saves it in every checkpoint (`loops.fit_loop.state_dict.combined_loader`) and, on
+    resume, calls :meth:`load_state_dict` before the first pass, which then goes on from there if it
+    is for the saved epoch; every other pass starts at batch 0.
     """
 
     def __init__(
@@ -166,9 +192,41 @@ class TrainLoader(DataLoader):
         super().__init__(dataset, batch_size=None, **kwargs)
         self.epoch_fn = epoch_fn
         self._passes = 0
+        self._epoch = self._taken = 0  # the pass now (or last) drawn, and its batches handed out
+        self._resume: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the next batch comes from: a plain dict (it loads with `weights_only=True`)."""
+        if self._resume is not None:  # loaded, and no pass has started since
+            return dict(self._resume)
+        return self.dataset.position(self._epoch, self._taken)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Go on from `state_dict` (what :meth:`state_dict` returned) at the next pass."""
+        try:
+            epoch, batch = int(state_dict["epoch"]), int(state_dict["batch"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(
+                f"the train loader state in this checkpoint is {state_dict!r}, not a position "
+                "like {'epoch': 0, 'batch': 3}: resume from another checkpoint"
+            ) from None
+        self._resume = dict(state_dict)
+        if self.epoch_fn is None:  # the pass count is this loader's epoch clock: restore it too
+            self._passes = epoch + (batch >= len(self.dataset))
 
     def __iter__(self) -> Iterator[Batch]:
+        # A generator, so the epoch is read (and workers start) at the first `next()`: Lightning
+        # makes a resumed run's first iterator before it moves past an epoch that the checkpoint
+        # ended, and then the trainer still reports that epoch.
         epoch = self.epoch_fn() if self.epoch_fn is not None else self._passes
         self._passes += 1
-        self.dataset.set_epoch(epoch)
-        return super().__iter__()
+        resume, self._resume = self._resume, None
+        if resume is not None and int(resume["epoch"]) == epoch:
+            position = resume
+        else:
+            position = self.dataset.position(epoch, 0)
+        self.dataset.seek(position)
+        self._epoch, self._taken = epoch, int(position["batch"])
+        for batch in super().__iter__():
+            self._taken += 1
+            yield batch
