@@ -63,6 +63,8 @@ def number(
         result = kind(float(value)) if kind is int else kind(value)
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"{key}={value!r}: give {_bounds(kind, low, high, low_open, high_open)}") from None
+    if result != result or result in (float("inf"), float("-inf")):  # NaN or infinite
+        raise ConfigError(f"{key}={value!r}: give {_bounds(kind, low, high, low_open, high_open)}")
     too_low = low is not None and (result <= low if low_open else result < low)
     too_high = high is not None and (result >= high if high_open else result > high)
     if too_low or too_high:

@@ -2,7 +2,9 @@
 
 A batch is a tuple `(prev [B, Tp], next [B, Tn])` of float32 in [-1, 1]; `next` continues `prev`
 in the same source. Train batches are random (Tp drawn per batch), val windows are fixed (Tp =
-prev_len_max). See `lofibeats.data.windows` for how windows are placed and seeded, and how the train
+prev_len_max). With `mode="stream"` train batches are `(prev, next, reset)` of rows that walk
+through the audio window after window (`lofibeats.data.stream_windows`), for models that carry
+their state from batch to batch. See `lofibeats.data.windows` for how windows are placed and seeded, and how the train
 loader's `state_dict` lets a run resumed mid-epoch draw the rest of that epoch.
 """
 
@@ -18,10 +20,11 @@ from torch.utils.data import DataLoader
 
 from lofibeats.data.manifest import MANIFEST_NAME, Manifest
 from lofibeats.data.shards import ShardStore, Spans, pcm_to_float
+from lofibeats.data.stream_windows import StreamBatches
 from lofibeats.data.windows import TrainBatches, TrainLoader, ValWindows, collate_pairs
 from lofibeats.errors import ConfigError, DataError
 from lofibeats.units import to_samples
-from lofibeats.validate import number
+from lofibeats.validate import choice, number
 
 _KEYS = (
     "cache_dir",
@@ -36,6 +39,9 @@ _KEYS = (
     "val_fraction",
     "seed",
 )
+#: keys newer than some saved data configs (checkpoints remember theirs): absent = this default
+_OPTIONAL = {"mode": "windows", "stream_segment": "4s"}
+MODES = ("windows", "stream")
 
 
 class LofiDataModule(pl.LightningDataModule):
@@ -60,6 +66,8 @@ class LofiDataModule(pl.LightningDataModule):
         val_windows: int = 64,
         val_fraction: float = 0.2,
         seed: int = 1234,
+        mode: str = "windows",
+        stream_segment: int | str = "4s",
         prepare_cfg: Mapping[str, Any] | None = None,
     ):
         super().__init__()
@@ -80,11 +88,13 @@ class LofiDataModule(pl.LightningDataModule):
         self.val_windows = number(val_windows, "data.val_windows", kind=int, low=1)
         self.seed = number(seed, "data.seed", kind=int, low=0)
         self.val_fraction = number(val_fraction, "data.val_fraction", low=0, high=1, high_open=True)
+        self.mode = choice(mode, MODES, "data.mode")
+        self.stream_segment = to_samples(stream_segment, self.sr, "data.stream_segment")
         self.sr_dir = Path(cache_dir).expanduser().absolute() / f"sr{self.sr}"
         self.prepare_cfg = prepare_cfg
         self._store: ShardStore | None = None
         self._splits: dict[str, Spans] = {}
-        self._train: TrainBatches | None = None
+        self._train: TrainBatches | StreamBatches | None = None
         self._val: ValWindows | None = None
 
     @classmethod
@@ -100,6 +110,7 @@ class LofiDataModule(pl.LightningDataModule):
         from lofibeats.data.prepare import resolve_cache_dir
 
         values = {key: data_cfg[key] for key in _KEYS if key != "cache_dir"}
+        values.update({key: data_cfg.get(key, default) for key, default in _OPTIONAL.items()})
         return cls(cache_dir=resolve_cache_dir(data_cfg), **values, prepare_cfg=data_cfg)
 
     def prepare_data(self) -> None:
@@ -144,10 +155,24 @@ class LofiDataModule(pl.LightningDataModule):
         return spans
 
     @property
-    def train_dataset(self) -> TrainBatches:
-        """Random train batches for this DDP rank (the attached trainer's; 0 without one)."""
+    def train_dataset(self) -> TrainBatches | StreamBatches:
+        """Train batches for this DDP rank (the attached trainer's; 0 without one): random
+        windows, or (data.mode=stream) rows that walk through the audio (`stream_windows`)."""
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        if self._train is None or self._train.rank != rank:
+        if self._train is not None and self._train.rank == rank:
+            return self._train
+        if self.mode == "stream":
+            self._train = StreamBatches(
+                self.store,
+                self._spans("train"),
+                batch_size=self.batch_size,
+                window=self.next_len,
+                segment=max(1, round(self.stream_segment / self.next_len)),
+                batches_per_epoch=self.train_batches_per_epoch,
+                seed=self.seed,
+                rank=rank,
+            )
+        else:
             self._train = TrainBatches(
                 self.store,
                 self._spans("train"),

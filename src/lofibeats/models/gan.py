@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from lofibeats.errors import ConfigError
 from lofibeats.models.base import LofiModule
 from lofibeats.models.configs import GanConfig
 from lofibeats.models.gan_losses import (
@@ -200,6 +201,11 @@ class GanModule(LofiModule):
 
         Returns {"loss": D loss + G loss of this batch} (for the non-finite-loss check only).
         """
+        if len(batch) != 2:
+            raise ConfigError(
+                "data.mode=stream: the gan hears its past through a long data.prev_len_max, not "
+                "a carried state; train it with data.mode=windows"
+            )
         prev, nxt = batch
         opt_g, opt_d = self.optimizers()
         adversarial = self.adversarial

@@ -40,6 +40,7 @@ class Seq2SeqModule(LofiModule):
         self.tf_schedule = StepSchedule(
             tf["schedule"], tf["start"], tf["end"], tf["steps"], tf["k"], "model.teacher_forcing"
         )
+        self.carried: LSTMState | None = None  # data.mode=stream: the encoder state per row
 
     def build_net(self) -> Seq2SeqNet:
         return Seq2SeqNet(self.config)
@@ -54,6 +55,23 @@ class Seq2SeqModule(LofiModule):
         """Head outputs [B, Tn, ...] for predicting `next_tokens` (see `teacher_forced`)."""
         inputs = self.net.decoder_inputs(prev_tokens, next_tokens)
         return self.teacher_forced(inputs, self.net.encoder_state(prev_tokens), ratio)
+
+    def carried_memory(self, reset: torch.Tensor | None) -> LSTMState | None:
+        """The encoder state each row carries from the previous batch (data.mode=stream; truncated
+        backpropagation: detached), its initial state where the row restarted (`reset`)."""
+        if reset is None or self.carried is None or self.carried[0].shape[1] != reset.shape[0]:
+            return None
+        h0, c0 = self.net.encoder.initial_state(reset.shape[0])
+        keep = ~reset.to(h0.device).view(1, -1, 1)
+        return torch.where(keep, self.carried[0], h0), torch.where(keep, self.carried[1], c0)
+
+    def encode_carried(self, prev_tokens: torch.Tensor, reset: torch.Tensor | None) -> LSTMState:
+        """The encoder state after `prev`: from scratch (windows), or (data.mode=stream, `reset`
+        given) going on from what each row carried, which it then carries on, detached."""
+        state = self.net.encoder_state(prev_tokens, self.carried_memory(reset))
+        if reset is not None:
+            self.carried = (state[0].detach(), state[1].detach())
+        return state
 
     # ----------------------------------------------------------------- teacher forcing
     def truth_mask(self, shape: torch.Size, ratio: float, device: torch.device) -> torch.Tensor:
@@ -138,12 +156,16 @@ class Seq2SeqModule(LofiModule):
         return torch.cat(outs, dim=1)
 
     # ----------------------------------------------------------------- Lightning hooks
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        prev, nxt = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int):
+        """A (prev, next) batch, or (prev, next, reset) in data.mode=stream: then the encoder
+        goes on from the state each row carried out of the previous batch."""
+        prev, nxt, *stream = batch
         ratio = self.tf_schedule.value()
         head = self.net.head
-        next_tokens = head.tokens(nxt)
-        out = self.outputs(head.tokens(prev), next_tokens, ratio)
+        prev_tokens, next_tokens = head.tokens(prev), head.tokens(nxt)
+        state = self.encode_carried(prev_tokens, stream[0] if stream else None)
+        inputs = self.net.decoder_inputs(prev_tokens, next_tokens)
+        out = self.teacher_forced(inputs, state, ratio)
         loss = head.loss(out, next_tokens)
         self.tf_schedule.advance()
         self.log("train/loss", loss, prog_bar=True)

@@ -119,20 +119,23 @@ class VSeq2SeqModule(Seq2SeqModule):
         nxt: torch.Tensor,
         ratio: float = 1.0,
         generator: torch.Generator | None = None,
+        reset: torch.Tensor | None = None,
     ) -> ElboTerms:
-        """Encode `prev`, sample z (eps from `generator`), decode `next` teacher-forced."""
+        """Encode `prev` (data.mode=stream, `reset` given: going on from each row's carried
+        encoder state), sample z (eps from `generator`), decode `next` teacher-forced."""
         net = self.net
         prev_tokens, targets = net.head.tokens(prev), net.head.tokens(nxt)
-        mu, logvar = net.posterior(prev_tokens)
+        mu, logvar = net.posterior_head(self.encode_carried(prev_tokens, reset))
         z = reparameterize(mu, logvar, 1.0, generator)
         inputs = self.corrupt_inputs(net.decoder_inputs(prev_tokens, targets))
         out = self.teacher_forced(inputs, net.latent_state(z), ratio, net.cond(z))
         return ElboTerms(out, targets, mu, kl_per_dim(mu, logvar))
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        prev, nxt = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int):
+        """A (prev, next) batch, or (prev, next, reset) in data.mode=stream (see seq2seq)."""
+        prev, nxt, *stream = batch
         ratio, beta = self.tf_schedule.value(), self.kl_schedule.value()
-        terms = self.elbo_terms(prev, nxt, ratio)
+        terms = self.elbo_terms(prev, nxt, ratio, reset=stream[0] if stream else None)
         recon = self.net.head.loss(terms.out, terms.targets)
         kl_loss = free_bits_kl(terms.kl_dims, self.config.kl["free_bits"])
         loss = recon + beta * kl_loss / nxt.shape[1]
