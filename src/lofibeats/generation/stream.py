@@ -21,13 +21,14 @@ Two ways to carry what was heard from one block to the next (`carry`):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from lofibeats.errors import ConfigError
 from lofibeats.generation.engine import Continuation
-from lofibeats.generation.style import StylePath
+from lofibeats.generation.style import StyleChange, StylePath
 from lofibeats.models.base import LofiModule
 from lofibeats.models.decoding import AutoregressiveNet, DecodeStart
 from lofibeats.models.sampling import DEFAULT_SAMPLING, Sampling
@@ -62,6 +63,20 @@ def silence_prime(
     """
     noise = torch.randn(batch, length, generator=generator, device=device)
     return noise * SILENCE_NOISE_STD
+
+
+@dataclass(frozen=True)
+class StreamMark:
+    """Where a stream stood between two reads (`Stream.mark`); tensors are shared, never copied:
+    a stream only ever rebinds its tensors, it does not write into them."""
+
+    history: torch.Tensor
+    generator_state: torch.Tensor
+    buffer: torch.Tensor
+    tail: torch.Tensor | None
+    start: DecodeStart | None
+    sampling: Sampling
+    style: tuple[int, list[StyleChange]] | None
 
 
 class Stream:
@@ -151,6 +166,32 @@ class Stream:
             module.train(was_training)
         self._buffer = audio[:, n:]
         return audio[:, :n].clamp(-1.0, 1.0)
+
+    def mark(self) -> StreamMark:
+        """Where the stream stands now. `rewind(mark)` returns it there: the reads after it give
+        the same samples again, or, with a knob changed after the rewind, the samples that knob
+        would have given from that point on (how a live player applies a knob to audio it has
+        generated ahead but not yet played)."""
+        path = self.options.get("z")
+        style = (path.position, list(path.changes)) if isinstance(path, StylePath) else None
+        return StreamMark(
+            self.history,
+            self.generator.get_state(),
+            self._buffer,
+            self._tail,
+            self._start,
+            self.sampling,
+            style,
+        )
+
+    def rewind(self, mark: StreamMark) -> None:
+        """Go back to `mark` (taken from this stream); the knobs return to what they were then."""
+        self.history, self._buffer, self._tail = mark.history, mark.buffer, mark.tail
+        self._start, self.sampling = mark.start, mark.sampling
+        self.generator.set_state(mark.generator_state)
+        path = self.options.get("z")
+        if isinstance(path, StylePath) and mark.style is not None:
+            path.position, path.changes = mark.style[0], list(mark.style[1])
 
     @property
     def style(self) -> StylePath:
