@@ -26,6 +26,8 @@ def build(kind: str):
         return Seq2SeqModule(**SMALL, head="regression").eval()
     if kind == "frame":
         return Seq2SeqModule(**SMALL, frame_size=8, sample_hidden=16).eval()
+    if kind == "tiered":  # a slow top tier: the encoder steps once per 16 samples
+        return Seq2SeqModule(**SMALL, frame_size=4, top_frame_size=16, sample_hidden=16).eval()
     if kind == "vseq2seq":
         return VSeq2SeqModule(**SMALL, latent_dim=4).eval()
     if kind == "vframe":
@@ -55,7 +57,7 @@ def latent_options(module, take_prime: torch.Tensor, n: int) -> dict:
 
 KINDS_AND_CARRY = [
     (kind, carry)
-    for kind in ("seq2seq", "regression", "frame", "vseq2seq", "vframe", "gan")
+    for kind in ("seq2seq", "regression", "frame", "tiered", "vseq2seq", "vframe", "gan")
     for carry in ("window", "state")
     if not (kind == "gan" and carry == "state")
 ]
@@ -82,7 +84,7 @@ def test_chunk_sizes_do_not_change_the_audio(kind: str, carry: str) -> None:
     assert takes[1].abs().max() <= 1.0 and takes[1].std() > 0
 
 
-@pytest.mark.parametrize("kind", ["seq2seq", "regression", "frame", "vseq2seq"])
+@pytest.mark.parametrize("kind", ["seq2seq", "regression", "frame", "tiered", "vseq2seq"])
 @pytest.mark.parametrize("carry", ["window", "state"])
 def test_fused_stream_equals_reference(kind: str, carry: str) -> None:
     module = build(kind)
@@ -171,7 +173,7 @@ def test_style_knobs_need_a_latent_and_state_carry_needs_a_decoder() -> None:
         Stream(build("seq2seq"), prime(), carry="forever")
 
 
-@pytest.mark.parametrize("kind", ["seq2seq", "frame", "vseq2seq"])
+@pytest.mark.parametrize("kind", ["seq2seq", "frame", "tiered", "vseq2seq"])
 def test_follow_continues_the_encoder_over_everything_heard(kind: str) -> None:
     """After a block, the encoder's running state equals one pass over prime + block."""
     module = build(kind)
@@ -184,3 +186,15 @@ def test_follow_continues_the_encoder_over_everything_heard(kind: str) -> None:
     for got, want in zip(follow.memory, whole, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
     assert torch.equal(follow.context, block[:, -net.frame_size :])
+
+
+def test_a_top_tier_hears_seconds_in_few_steps() -> None:
+    module = build("tiered")
+    net = module.net
+    assert net.encoder.lstm.input_size == 16 and net.decoder.lstm.input_size == 4
+    steps = []
+    net.encoder.lstm.register_forward_hook(lambda m, inputs, out: steps.append(inputs[0].shape[1]))
+    net.encoder_state(torch.zeros(1, 8000, dtype=torch.long))  # one second at 8 kHz
+    assert steps == [500]
+    with pytest.raises(ConfigError, match="model.top_frame_size=48"):
+        Seq2SeqModule(**SMALL, frame_size=4, top_frame_size=48)

@@ -97,6 +97,7 @@ class Seq2SeqConfig(ModelConfig):
     teacher_forcing: dict[str, Any] = field(default_factory=lambda: dict(TEACHER_FORCING_DEFAULTS))
     frame_size: int = 1
     sample_hidden: int = 64
+    top_frame_size: int | None = None  # the encoder's frame (a slow top tier); None = frame_size
 
     @classmethod
     def parse(cls, **given: Any) -> Seq2SeqConfig:
@@ -112,6 +113,13 @@ class Seq2SeqConfig(ModelConfig):
         sr, prev_len_max, next_len = _rate_and_lengths(values)
         frame_size = number(values["frame_size"], "model.frame_size", kind=int, low=1)
         check_frame_size(frame_size, next_len)
+        top = values["top_frame_size"]
+        top = frame_size if top is None else number(top, "model.top_frame_size", kind=int, low=1)
+        if next_len % top:
+            raise ConfigError(
+                f"model.top_frame_size={top} does not divide data.next_len={next_len}: make "
+                "data.next_len a multiple of it (a stream encodes each new chunk in whole frames)"
+            )
         return {
             **values,
             "sr": sr,
@@ -134,6 +142,7 @@ class Seq2SeqConfig(ModelConfig):
             "warmup_steps": number(values["warmup_steps"], "model.warmup_steps", kind=int, low=0),
             "teacher_forcing": _teacher_forcing(values["teacher_forcing"]),
             "frame_size": frame_size,
+            "top_frame_size": top,
             "sample_hidden": number(
                 values["sample_hidden"], "model.sample_hidden", kind=int, low=1
             ),

@@ -10,6 +10,10 @@ its frame's LSTM output and the k samples before it. The same methods serve both
 decoder inputs are then the k samples before `next` followed by `next[:-1]` (Tn + k - 1 tokens):
 frame j reads inputs[jk : jk + k], and target t's sample window is inputs[t : t + k].
 
+With `top_frame_size` = K > k the encoder is a slow top tier: it reads `prev` in frames of K
+samples (4 s at 16 kHz with K = 256: 250 steps), so seconds of context cost few LSTM steps, and
+in a stream it moves on over each generated chunk in a handful of steps.
+
 A plain `nn.Module` built from a `Seq2SeqConfig`; training (teacher forcing, scheduled sampling,
 losses) is `Seq2SeqModule`'s, generation the decoding backends' (`describe` via `start`).
 """
@@ -38,7 +42,7 @@ class Seq2SeqNet(nn.Module):
         )
         self.embed = InputEmbedding(config.embed_dim, self.head.n_classes)
         self.encoder = Encoder(
-            self.lstm_input_dim,
+            self.encoder_input_dim,
             config.hidden,
             config.layers,
             config.dropout,
@@ -65,17 +69,28 @@ class Seq2SeqNet(nn.Module):
         return self.config.frame_size
 
     @property
+    def top_frame_size(self) -> int:
+        """Samples per encoder step: the decoder's frame, or a slower top tier's."""
+        return self.config.top_frame_size or self.frame_size
+
+    @property
     def lstm_input_dim(self) -> int:
-        """Input width of the LSTMs: the sample embedding, or one value per sample of a frame."""
+        """Input width of the decoder: the sample embedding, or one value per sample of a frame."""
         return self.config.embed_dim if self.frame_size == 1 else self.frame_size
 
+    @property
+    def encoder_input_dim(self) -> int:
+        return self.config.embed_dim if self.top_frame_size == 1 else self.top_frame_size
+
     # ----------------------------------------------------------------- pieces
-    def lstm_inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Tokens [B, T] -> LSTM inputs: embedded samples [B, T, E], or frames [B, T / k, k]."""
-        if self.frame_size == 1:
+    def lstm_inputs(self, tokens: torch.Tensor, frame: int | None = None) -> torch.Tensor:
+        """Tokens [B, T] -> LSTM inputs: embedded samples [B, T, E], or frames [B, T / k, k]
+        of `frame` samples (default: the decoder's)."""
+        k = self.frame_size if frame is None else frame
+        if k == 1:
             return self.embed(tokens)
         values = frame_values(tokens, self.head.n_classes)
-        return values.view(tokens.shape[0], tokens.shape[1] // self.frame_size, self.frame_size)
+        return values.view(tokens.shape[0], tokens.shape[1] // k, k)
 
     def silence(self, batch: int, device: torch.device) -> torch.Tensor:
         """The silence token, [batch]."""
@@ -83,15 +98,15 @@ class Seq2SeqNet(nn.Module):
 
     def encoder_state(self, prev_tokens: torch.Tensor, state: LSTMState | None = None) -> LSTMState:
         """The encoder's final (h, c) over prev tokens [B, Tp], continuing from `state` (None: its
-        initial state). Frames: a fresh encoder left-pads with silence to whole frames; one that
-        continues must be given whole frames."""
-        if self.frame_size > 1 and prev_tokens.shape[1] % self.frame_size:
+        initial state), one step per `top_frame_size` samples. Frames: a fresh encoder
+        left-pads with silence to whole frames; one that continues must be given whole frames."""
+        k = self.top_frame_size
+        if k > 1 and prev_tokens.shape[1] % k:
             if state is not None:
                 raise ValueError("a continuing frame encoder needs whole frames")
             if prev_tokens.shape[1] > 0:
-                silence = self.silence(1, prev_tokens.device)
-                prev_tokens = left_pad(prev_tokens, self.frame_size, silence)
-        return self.encoder(self.lstm_inputs(prev_tokens), state)
+                prev_tokens = left_pad(prev_tokens, k, self.silence(1, prev_tokens.device))
+        return self.encoder(self.lstm_inputs(prev_tokens, k), state)
 
     def context(self, prev_tokens: torch.Tensor) -> torch.Tensor:
         """The k tokens before `next` [B, k]: the end of `prev`, left-padded with silence (an
@@ -156,4 +171,4 @@ class Seq2SeqNet(nn.Module):
         return DecodeStart(memory, self.context(tokens), memory=memory)
 
     def extra_repr(self) -> str:
-        return f"frame_size={self.frame_size}"
+        return f"frame_size={self.frame_size}, top_frame_size={self.top_frame_size}"
