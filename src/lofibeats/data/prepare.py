@@ -271,7 +271,9 @@ def _collect(
                 )
             continue
         # Not decoded for this rate: the cache's entry is current (same size and mtime, or same hash).
-        entry = replace(cache.lookup(cand.rel), mtime_ns=cand.mtime_ns)
+        entry = cache.lookup(cand.rel)
+        if entry.mtime_ns != cand.mtime_ns:
+            entry = replace(entry, mtime_ns=cand.mtime_ns)
         (reused if isinstance(entry, SourceEntry) else skipped).append(entry)
     return reused, new, skipped
 
