@@ -4,23 +4,23 @@
 
 A 2 x `hidden` LSTM mu-law seq2seq with random weights (speed does not depend on the weights),
 one stream, 16 kHz, sampled decoding, chunk after chunk of `next_len` = 4096 samples, through
-two paths: "reference" (`module.continue_audio`: for frame models the frame LSTM in torch and
-the per-sample NumPy loop of `FrameSampler`) and "engine" (what `engine=auto` runs: the C
-kernel, `FusedEngine` for frame_size 1 and `FrameEngine` above). Prints samples/s, the
-real-time factor (audio seconds per wall second), the ratio engine / reference per frame
-size and the ratio to the reference at frame_size=1, all measured in the same run (the best
-of `--repeats` runs each).
+two paths: "reference" (`Continuation(module, "reference")`: `ReferenceBackend`, for frame
+models the frame LSTM in torch and the per-sample NumPy loop of `FrameSampler`) and "engine"
+(what `engine=auto` runs: the C kernel, `FusedBackend` for frame_size 1 and
+`FusedFrameBackend` above); each chunk is `net.start` + the backend's decode. Prints
+samples/s, the real-time factor (audio seconds per wall second), the ratio engine / reference
+per frame size and the ratio to the reference at frame_size=1, all measured in the same run
+(the best of `--repeats` runs each).
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable
 
 import torch
 
-from lofibeats.generation.engine import continuation, describe
+from lofibeats.generation.engine import Continuation
 from lofibeats.models.seq2seq import Seq2SeqModule
 
 SR = 16000
@@ -34,9 +34,7 @@ def build(frame_size: int, hidden: int) -> Seq2SeqModule:
     ).eval()
 
 
-def best_time(
-    run: Callable[..., torch.Tensor], chunk: int, prime: torch.Tensor, n: int, repeats: int
-) -> float:
+def best_time(run: Continuation, chunk: int, prime: torch.Tensor, n: int, repeats: int) -> float:
     times = []
     for seed in range(repeats):
         generator = torch.Generator().manual_seed(seed)
@@ -67,13 +65,13 @@ def main() -> None:
     baseline = None
     for frame_size in FRAME_SIZES:
         module = build(frame_size, args.hidden)
-        paths = {"reference": module.continue_audio, "engine": continuation(module, "auto")}
+        paths = {"reference": Continuation(module, "reference"), "engine": Continuation(module)}
         rates = {}
         for name, run in paths.items():
             seconds = best_time(run, module.chunk_len, prime, n_samples, args.repeats)
             rates[name] = rate = n_samples / seconds
             baseline = baseline or rate
-            label = describe(module, "auto") if name == "engine" else name
+            label = run.name if name == "engine" else name
             print(
                 f"frame_size={frame_size:>2} {label:<17}: {rate:9.0f} samples/s  "
                 f"RTF {rate / SR:6.2f}x  ratio to frame_size=1 reference: {rate / baseline:6.2f}"

@@ -13,10 +13,11 @@ speed-up over the naive loop and over the reference (the second row). The machin
 speed (torch.mv of a 1024 x 1024 fp32 matrix in a loop, same threads) is printed beside ("% mv"),
 as the yardstick for what one core sustains.
 
-1. decode: the per-sample loop alone, from an encoded state. The naive loop is what one writes
-   first: per sample, `nn.LSTM` on a length-1 sequence, a softmax, `torch.multinomial`. The
-   reference is `Seq2SeqModule.continue_audio`'s loop (decode_step + head.sample). FLOPs count
-   the model's own work per sample (LSTM matmuls + head, ~1.7 MFLOP for 2 x 256).
+1. decode: the per-sample loop alone, from an encoded state (`net.start`, timed once beside).
+   The naive loop is what one writes first: per sample, `nn.LSTM` on a length-1 sequence, a
+   softmax, `torch.multinomial`. The reference is `ReferenceBackend.decode` (the decoder's step +
+   head.sample per sample); the engine rows are `FusedBackend.decode` on the same `DecodeStart`.
+   FLOPs count the model's own work per sample (LSTM matmuls + head, ~1.7 MFLOP for 2 x 256).
 2. long-form: `generate_long` as generate.py runs it, `--chunks` chunks per stream. Every chunk
    re-encodes the 2048-sample context, so FLOPs per sample add 2048/512 = 4 encoder steps.
 """
@@ -25,14 +26,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 
 from lofibeats.audio.mulaw import dequantize, quantize
-from lofibeats.generation.engine import FusedEngine
+from lofibeats.generation.engine import FusedBackend
+from lofibeats.generation.kernel import load_kernel
 from lofibeats.generation.longform import generate_long
+from lofibeats.generation.reference import ReferenceBackend
+from lofibeats.models.decoding import DecodeStart
+from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 
 RATES = (8000, 16000, 22050)
@@ -43,10 +49,11 @@ CONTEXT, CHUNK = 2048, 512
 def naive_decode(module: Seq2SeqModule, state, token: torch.Tensor, n: int, seed: int = 0):
     """The baseline loop: length-1 nn.LSTM, softmax, multinomial, dequantise, per sample."""
     generator = torch.Generator().manual_seed(seed)
+    net = module.net
     samples = []
     for _ in range(n):
-        h, state = module.decoder.lstm(module.embed(token)[:, None], state)
-        probs = torch.softmax(module.head.proj(h[:, 0]), dim=-1)
+        h, state = net.decoder.lstm(net.embed(token)[:, None], state)
+        probs = torch.softmax(net.head.proj(h[:, 0]), dim=-1)
         token = torch.multinomial(probs, 1, generator=generator)[:, 0]
         samples.append(dequantize(token))
     return torch.stack(samples, dim=1)
@@ -58,22 +65,13 @@ def naive_generate(module: Seq2SeqModule, prime: torch.Tensor, n_samples: int) -
     history, pieces, produced = prime, [], 0
     while produced < n_samples:
         prev_tokens = quantize(history[:, -CONTEXT:])
-        state = module.encoder(module.embed(prev_tokens))
+        state = module.net.encoder(module.net.embed(prev_tokens))
         n = min(CHUNK, n_samples - produced)
         piece = naive_decode(module, state, prev_tokens[:, -1], n, seed=produced)
         pieces.append(piece)
         produced += n
         history = torch.cat([history, piece], dim=1)
     return torch.cat(pieces, dim=1)
-
-
-@torch.inference_mode()
-def reference_decode(module: Seq2SeqModule, state, token: torch.Tensor, n: int) -> None:
-    """`Seq2SeqModule.continue_audio`'s loop without the encoder."""
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(n):
-        out, state = module.decode_step(token, state)
-        token = module.head.sample(out, generator=generator)
 
 
 def matvec_gflops(threads: int, seconds: float = 0.3) -> float:
@@ -172,8 +170,17 @@ def main() -> None:
     module = Seq2SeqModule(
         sr=16000, prev_len_max=CONTEXT, next_len=CHUNK, hidden=args.hidden, layers=args.layers
     ).eval()
-    fused_c = FusedEngine(module, "c") if args.backend in ("c", "both") else None
-    fused_t = FusedEngine(module, "torch") if args.backend in ("torch", "both") else None
+    net = module.net
+    weights = net.decoder_weights()
+    fused_c = fused_t = None
+    if args.backend in ("c", "both"):
+        lib = load_kernel()
+        if lib is None:
+            sys.exit("--backend c: the C kernel is unavailable here (no compiler?); use torch")
+        fused_c = FusedBackend(weights, lib)
+    if args.backend in ("torch", "both"):
+        fused_t = FusedBackend(weights, None)
+    reference = ReferenceBackend(weights)
     matvec = matvec_gflops(args.threads)
     step = decode_flops(args.hidden, args.layers)
     print(
@@ -186,37 +193,49 @@ def main() -> None:
     )
 
     streams = max(args.streams)
+    prime = torch.rand(streams, CONTEXT, generator=torch.Generator().manual_seed(1)) * 0.2 - 0.1
     with torch.inference_mode():
-        tokens = torch.randint(0, 256, (streams, CONTEXT))
-        state = module.encode(tokens)
-    first = tokens[:, -1]
+        start = net.start(prime, CHUNK)  # the encoder over the context, in torch
+        started = time.perf_counter()
+        for _ in range(max(1, args.repeats)):
+            net.start(prime[:1], CHUNK)
+        start_ms = (time.perf_counter() - started) / max(1, args.repeats) * 1e3
+    print(
+        f"net.start (the encoder over {CONTEXT} context samples, 1 stream): {start_ms:.1f} ms "
+        f"per chunk = {start_ms / CHUNK * 1e3:.1f} us per decoded sample of a {CHUNK} chunk"
+    )
 
-    def rows(b: int):
-        return (state[0][:, :b].contiguous(), state[1][:, :b].contiguous()), first[:b]
+    def rows(b: int) -> DecodeStart:
+        (h, c), context = start.state, start.context
+        return DecodeStart((h[:, :b].contiguous(), c[:, :b].contiguous()), context[:b])
 
-    def engine_decode(engine: FusedEngine, b: int, n: int) -> Callable[[], object]:
-        (h, c), x = rows(b)
-        draws = engine.draws(n, b, 1.0, torch.Generator().manual_seed(0))
-        return lambda: engine.decode((h, c), x, n, draws=draws)
+    sampling = Sampling()
 
-    (h1, c1), x1 = rows(1)
+    def backend_decode(backend, b: int, n: int) -> Callable[[], object]:
+        first = rows(b)
+
+        @torch.inference_mode()
+        def run() -> object:
+            return backend.decode(first, n, sampling, torch.Generator().manual_seed(0))
+
+        return run
+
+    one = rows(1)
+    (h1, c1), x1 = one.state, one.context[:, -1]
     decode = [
         Variant("naive eager loop", 1, 300, lambda: naive_decode(module, (h1, c1), x1, 300)),
-        Variant(
-            "reference (decode_step)", 1, 300, lambda: reference_decode(module, (h1, c1), x1, 300)
-        ),
+        Variant("reference backend", 1, 300, backend_decode(reference, 1, 300)),
     ]
     if fused_t is not None:
-        decode.append(Variant("engine, torch backend", 1, 600, engine_decode(fused_t, 1, 600)))
+        decode.append(Variant("fused, torch", 1, 600, backend_decode(fused_t, 1, 600)))
     if fused_c is not None:
         for b in args.streams:
             n = max(256, 4096 // b)
-            decode.append(Variant("engine, C kernel", b, n, engine_decode(fused_c, b, n)))
+            decode.append(Variant("fused, C kernel", b, n, backend_decode(fused_c, b, n)))
     timed(decode, args.repeats)
-    report("1. decode: the per-sample loop from an encoded state", decode, step, matvec)
+    report("1. decode: the per-sample loop from net.start's state", decode, step, matvec)
 
     n_long = args.chunks * CHUNK
-    prime = torch.rand(streams, CONTEXT) * 0.2 - 0.1
     long_form = [
         Variant("naive eager loop", 1, n_long, lambda: naive_generate(module, prime[:1], n_long))
     ]

@@ -1,4 +1,5 @@
-"""The fused generation engine: same samples as the reference loop, both backends, fallback."""
+"""The decoding backends: the fused ones give the reference's samples for the same draws, for
+every family and frame size; backend selection and the kernel's fallbacks."""
 
 from __future__ import annotations
 
@@ -13,21 +14,31 @@ from lofibeats.generation import kernel
 from lofibeats.generation.backend_c import CBackend, pack_panels
 from lofibeats.generation.backend_torch import TorchBackend
 from lofibeats.generation.engine import (
-    FrameEngine,
-    FusedEngine,
-    LatentEngine,
-    continuation,
+    Continuation,
+    FusedBackend,
+    FusedFrameBackend,
+    backend_for,
+    continue_audio,
     describe,
-    supports,
-    supports_frames,
 )
 from lofibeats.generation.fused import fuse_head, fuse_lstm
 from lofibeats.generation.longform import generate_long
+from lofibeats.generation.reference import ReferenceBackend
+from lofibeats.models.decoding import DecodeStart
+from lofibeats.models.gan import GanModule
 from lofibeats.models.networks import Decoder, InputEmbedding
+from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
 BACKENDS = ["c", "torch"]
+CPU = torch.device("cpu")
+GREEDY = Sampling(decoding="greedy")
+SAMPLINGS = {
+    "greedy": GREEDY,
+    "sampled": Sampling(),
+    "top_p": Sampling(temperature=0.7, top_p=0.9),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -38,25 +49,70 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _model(head: str = "mulaw", hidden: int = 24, layers: int = 2, seed: int = 0) -> Seq2SeqModule:
-    """A small seq2seq with random weights, scaled up so the LSTM is far from linear."""
-    torch.manual_seed(seed)
-    module = Seq2SeqModule(
-        sr=8000,
-        prev_len_max=96,
-        next_len=32,
-        hidden=hidden,
-        layers=layers,
-        embed_dim=8,
-        head=head,
-    ).eval()
+def _randomize(module) -> None:
+    """Random biases and initial states, so the LSTM is far from linear; a visible noise std."""
     with torch.no_grad():
         for name, p in module.named_parameters():
             if "bias" in name or name.endswith(("h0", "c0")):
                 p.normal_(0.0, 0.3)
-        if head == "regression":
-            module.head.noise_std.fill_(0.05)
+        if module.config.head == "regression":
+            module.net.head.noise_std.fill_(0.05)
+
+
+def _model(head: str = "mulaw", hidden: int = 24, layers: int = 2, seed: int = 0) -> Seq2SeqModule:
+    """A small sample-level seq2seq with random weights."""
+    torch.manual_seed(seed)
+    module = Seq2SeqModule(
+        sr=8000, prev_len_max=96, next_len=32, hidden=hidden, layers=layers, embed_dim=8, head=head
+    ).eval()
+    _randomize(module)
     return module
+
+
+def _frame_model(head: str, k: int = 4, hidden: int = 13, width: int = 10) -> Seq2SeqModule:
+    """A small frame model (4H = 52 and, for k < 16, k M: padded panels in the kernel)."""
+    torch.manual_seed(0)
+    module = Seq2SeqModule(
+        sr=8000,
+        prev_len_max=64,
+        next_len=8 * k,
+        hidden=hidden,
+        layers=2,
+        embed_dim=8,
+        head=head,
+        frame_size=k,
+        sample_hidden=width,
+    ).eval()
+    _randomize(module)
+    return module
+
+
+def _latent_model(
+    head: str = "mulaw", z_every_step: bool = True, frame_size: int = 1
+) -> VSeq2SeqModule:
+    torch.manual_seed(0)
+    module = VSeq2SeqModule(
+        sr=8000,
+        prev_len_max=64,
+        next_len=32,
+        hidden=24,
+        layers=2,
+        embed_dim=8,
+        head=head,
+        latent_dim=4,
+        z_every_step=z_every_step,
+        frame_size=frame_size,
+        sample_hidden=10,
+    ).eval()
+    _randomize(module)
+    return module
+
+
+def _gan() -> GanModule:
+    torch.manual_seed(0)
+    return GanModule(
+        sr=8000, prev_len_max=128, next_len=64, hidden=8, layers=1, ratios=[4, 4], noise_dim=4
+    ).eval()
 
 
 def _prev(rows: int = 3, length: int = 96, seed: int = 1) -> torch.Tensor:
@@ -65,130 +121,344 @@ def _prev(rows: int = 3, length: int = 96, seed: int = 1) -> torch.Tensor:
     return 0.4 * torch.sin(t / 5.0) + 0.2 * torch.rand(rows, length, generator=g) - 0.1
 
 
-def _both(module, prev, n, backend, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reference, engine) continuations from generators with the same seed."""
-    ref = module.continue_audio(prev, n, generator=torch.Generator().manual_seed(7), **options)
-    engine = FusedEngine(module, backend)
-    assert engine.backend.name == backend
-    out = engine.continue_audio(prev, n, generator=torch.Generator().manual_seed(7), **options)
+def _fused(module, backend: str) -> Continuation:
+    """`Continuation(module, "fused")` on the backend asked for: the C kernel (which must build
+    here) or the fused loop in torch."""
+    run = Continuation(module, "fused")
+    if backend == "torch":
+        run.backend = FusedBackend(module.net.decoder_weights(), None)
+    assert isinstance(run.backend, FusedBackend)
+    assert run.name == {"c": "fused (C kernel)", "torch": "fused (torch)"}[backend]
+    return run
+
+
+def _frame_fused(module) -> Continuation:
+    run = Continuation(module, "fused")
+    assert isinstance(run.backend, FusedFrameBackend) and run.name == "fused (C kernel)"
+    return run
+
+
+def _pair(
+    module, run: Continuation, prev: torch.Tensor, n: int, sampling: Sampling, **options
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reference, `run`) continuations from generators with the same seed, which both must
+    leave in the same state (long-form generation shares one generator across chunks)."""
+    reference = Continuation(module, "reference")
+    assert isinstance(reference.backend, ReferenceBackend) and reference.name == "reference"
+    g_ref, g_run = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    ref = reference(prev, n, sampling=sampling, generator=g_ref, **options)
+    out = run(prev, n, sampling=sampling, generator=g_run, **options)
+    assert torch.equal(g_ref.get_state(), g_run.get_state())
+    assert out.shape == ref.shape == (prev.shape[0], n)
     return ref, out
 
 
-# ------------------------------------------------------------------- exactness vs the reference
+def _assert_same_samples(ref: torch.Tensor, out: torch.Tensor, head: str, sampling) -> None:
+    """Greedy mu-law: the same classes. Sampled mu-law: the same uniforms, so a class differs
+    only where fp32 summation order moves a CDF step past one. Regression: fp32 rounding."""
+    if head == "regression":
+        torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+    elif sampling.is_greedy:
+        assert torch.equal(out, ref)
+    else:
+        assert (out == ref).float().mean() >= 0.99
+
+
+# ------------------------------------------------------------------- exactness: seq2seq samples
+@pytest.mark.parametrize("sampling", list(SAMPLINGS), ids=list(SAMPLINGS))
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize(
-    "options",
-    [{"decoding": "sample"}, {"decoding": "sample", "temperature": 0.7, "top_p": 0.9}],
-    ids=["sample", "top_p"],
-)
-def test_mulaw_sampling_matches_reference(backend: str, options: dict) -> None:
-    module = _model("mulaw")
-    ref, out = _both(module, _prev(), 200, backend, **options)
-    assert out.shape == ref.shape == (3, 200)
-    # same uniforms: a class differs only where fp32 summation order moves a CDF step past one
-    assert (out == ref).float().mean() >= 0.99
-    assert (out[:, :50] == ref[:, :50]).all()
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_mulaw_greedy_matches_reference(backend: str) -> None:
-    module = _model("mulaw", hidden=13, layers=3)  # 4H = 52: padded gate rows in the kernel
-    ref, out = _both(module, _prev(), 120, backend, decoding="greedy")
-    assert torch.equal(out, ref)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("decoding", ["sample", "greedy"])
-def test_regression_matches_reference(backend: str, decoding: str) -> None:
-    module = _model("regression")
-    ref, out = _both(module, _prev(), 100, backend, decoding=decoding)
-    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
+@pytest.mark.parametrize("head", ["mulaw", "regression"])
+def test_seq2seq_fused_matches_reference(head: str, backend: str, sampling: str) -> None:
+    knobs = SAMPLINGS[sampling]
+    if head == "mulaw" and knobs.is_greedy:
+        module = _model(head, hidden=13, layers=3)  # 4H = 52: padded gate rows in the kernel
+    else:
+        module = _model(head)
+    n = 200 if head == "mulaw" else 100
+    ref, out = _pair(module, _fused(module, backend), _prev(), n, knobs)
+    _assert_same_samples(ref, out, head, knobs)
+    if head == "mulaw" and not knobs.is_greedy:
+        assert torch.equal(out[:, :50], ref[:, :50])
 
 
 def test_temperature_zero_is_greedy_and_draws_nothing() -> None:
-    module = _model("mulaw")
-    engine = FusedEngine(module)
+    run = Continuation(_model("mulaw"), "auto")
     g = torch.Generator().manual_seed(3)
-    out = engine.continue_audio(_prev(), 40, temperature=0, generator=g)
-    assert torch.equal(out, engine.continue_audio(_prev(), 40, decoding="greedy"))
+    out = run(_prev(), 40, sampling=Sampling(temperature=0), generator=g)
+    assert torch.equal(out, run(_prev(), 40, sampling=GREEDY))
     assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
 
 
-def test_generator_state_advances_like_the_reference() -> None:
-    """Long-form generation shares one generator across chunks: both paths must consume it alike."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_prev_and_zero_samples(backend: str) -> None:
     module = _model("mulaw")
-    g_ref, g_eng = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    module.continue_audio(_prev(), 30, generator=g_ref)
-    FusedEngine(module).continue_audio(_prev(), 30, generator=g_eng)
-    assert torch.equal(g_ref.get_state(), g_eng.get_state())
-
-
-def test_empty_prev_and_zero_samples() -> None:
-    module = _model("mulaw")
-    engine = FusedEngine(module)
+    run = _fused(module, backend)
     empty = torch.zeros(2, 0)
-    ref = module.continue_audio(empty, 20, decoding="greedy")
-    assert torch.equal(engine.continue_audio(empty, 20, decoding="greedy"), ref)
-    assert engine.continue_audio(_prev(), 0).shape == (3, 0)
+    ref = continue_audio(module, empty, 20, sampling=GREEDY, engine="reference")
+    assert torch.equal(run(empty, 20, sampling=GREEDY), ref)
+    assert run(_prev(), 0).shape == (3, 0)
     with pytest.raises(ValueError, match="batch, time"):
-        engine.continue_audio(torch.zeros(5), 4)
+        run(torch.zeros(5), 4)
     with pytest.raises(ConfigError, match="top_p"):
-        engine.continue_audio(_prev(), 4, top_p=1.5)
+        Sampling.parse(top_p=1.5)
 
 
-# ------------------------------------------------------------------- kernel pieces
-@pytest.mark.parametrize("head", ["mulaw", "regression"])
-@pytest.mark.parametrize("rows, steps", [(7, 40), (1, 300), (2, 0)])
-def test_c_encoder_matches_module(head: str, rows: int, steps: int) -> None:
-    """Rows 7 = a 6-row register tile + 1; 300 steps at one row = two time blocks."""
-    module = _model(head, hidden=24)
-    tokens = module.head.tokens(_prev(rows, max(steps, 1))[:, :steps])
-    engine = FusedEngine(module, "c")
-    h, c = engine.encode(tokens)
-    h_ref, c_ref = module.encode(tokens)
-    torch.testing.assert_close(h, h_ref, atol=1e-5, rtol=0)
-    torch.testing.assert_close(c, c_ref, atol=1e-5, rtol=0)
+# ------------------------------------------------------------------- exactness: frame models
+FRAME_CASES = [
+    ("mulaw", "greedy", Sampling(decoding="greedy")),
+    ("mulaw", "gumbel", Sampling()),
+    ("mulaw", "top_p", Sampling(temperature=0.7, top_p=0.8)),
+    ("regression", "greedy", Sampling(decoding="greedy")),
+    ("regression", "sampled", Sampling()),
+]
+
+
+@pytest.mark.parametrize("rows", [1, 3])  # the reference takes a rank-1 path for one stream
+@pytest.mark.parametrize(
+    ("head", "sampling"),
+    [(head, knobs) for head, _, knobs in FRAME_CASES],
+    ids=[f"{head}-{name}" for head, name, _ in FRAME_CASES],
+)
+@pytest.mark.parametrize("k", [2, 4, 16])
+def test_frame_model_fused_matches_reference(k: int, head: str, sampling, rows: int) -> None:
+    """The C frame backend against the reference's NumPy loop; 203 samples end mid-frame."""
+    module = _frame_model(head, k=k)
+    ref, out = _pair(module, _frame_fused(module), _prev(rows, 61), 203, sampling)
+    _assert_same_samples(ref, out, head, sampling)
+
+
+TIERED = [("sample-c", 1, "c"), ("sample-torch", 1, "torch"), ("frame-c", 4, "c")]
+
+
+@pytest.mark.parametrize(
+    ("k", "backend"), [(k, b) for _, k, b in TIERED], ids=[name for name, _, _ in TIERED]
+)
+def test_slow_top_tier_models_fused_match_reference(k: int, backend: str) -> None:
+    """`top_frame_size`: the encoder steps once per 16 samples (inside `net.start`); the
+    decoder the backends run is the sample-level or frame model's own."""
+    torch.manual_seed(0)
+    module = Seq2SeqModule(
+        sr=8000,
+        prev_len_max=64,
+        next_len=32,
+        hidden=13,
+        layers=2,
+        embed_dim=8,
+        frame_size=k,
+        top_frame_size=16,
+        sample_hidden=10,
+    ).eval()
+    _randomize(module)
+    assert module.net.encoder.lstm.input_size == 16
+    run = _fused(module, backend) if k == 1 else _frame_fused(module)
+    ref, out = _pair(module, run, _prev(2, 61), 150, Sampling())
+    _assert_same_samples(ref, out, "mulaw", Sampling())
+
+
+def test_frame_backend_edge_cases() -> None:
+    module = _frame_model("mulaw")
+    run = _frame_fused(module)
+    empty = torch.zeros(2, 0)
+    ref = continue_audio(module, empty, 9, sampling=GREEDY, engine="reference")
+    assert torch.equal(run(empty, 9, sampling=GREEDY), ref)
+    assert run(_prev(), 0).shape == (3, 0)
+    weights = module.net.decoder_weights()
+    assert weights.frame_size == 4
+    with torch.no_grad():
+        state = module.net.start(torch.zeros(1, 4), 8).state
+    with pytest.raises(ValueError, match="valid classes"):
+        run.backend.decode(DecodeStart(state, torch.full((1, 4), 256)), 8, GREEDY)
+    lib = kernel.load_kernel()
+    with pytest.raises(ValueError, match="frame models"):
+        FusedFrameBackend(_model("mulaw").net.decoder_weights(), lib)
+    with pytest.raises(ValueError, match="FusedFrameBackend"):
+        FusedBackend(weights, lib)
+
+
+# ------------------------------------------------------------------- exactness: vseq2seq
+LATENT_CASES = {
+    "greedy": (GREEDY, {}),  # z inferred from prev with the default creativity
+    "creative": (Sampling(), {"creativity": 1.0}),
+    "top_p": (Sampling(temperature=0.7, top_p=0.8), {"creativity": 0.5}),
+    "one_z": (Sampling(), {"z": "one"}),
+    "z_path": (GREEDY, {"z": "per_step"}),
+}
+
+
+def _latent_options(options: dict, rows: int, n: int) -> dict:
+    options = dict(options)
+    g = torch.Generator().manual_seed(9)
+    if options.get("z") == "one":
+        options["z"] = torch.randn(rows, 4, generator=g)
+    elif options.get("z") == "per_step":
+        options["z"] = torch.randn(rows, n, 4, generator=g)
+    return options
+
+
+@pytest.mark.parametrize("case", list(LATENT_CASES))
+@pytest.mark.parametrize("z_every_step", [True, False], ids=["z_every_step", "z_initial"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vseq2seq_fused_matches_reference(backend: str, z_every_step: bool, case: str) -> None:
+    """Same z (inferred with creativity from the same generator, or given: one z or one per
+    sample), same uniforms, same generator state afterwards."""
+    module = _latent_model("mulaw", z_every_step)
+    sampling, options = LATENT_CASES[case]
+    options = _latent_options(options, 3, 150)
+    ref, out = _pair(module, _fused(module, backend), _prev(3, 61), 150, sampling, **options)
+    _assert_same_samples(ref, out, "mulaw", sampling)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", ["creative", "one_z", "z_path"])
+def test_vseq2seq_regression_fused_matches_reference(backend: str, case: str) -> None:
+    module = _latent_model("regression")
+    sampling, options = LATENT_CASES[case]
+    options = _latent_options(options, 2, 80)
+    ref, out = _pair(module, _fused(module, backend), _prev(2, 61), 80, sampling, **options)
+    _assert_same_samples(ref, out, "regression", sampling)
+
+
+@pytest.mark.parametrize("sampling", [GREEDY, Sampling()], ids=["greedy", "gumbel"])
+def test_vseq2seq_frame_model_with_z_initial_only_runs_the_frame_backend(sampling) -> None:
+    """Without z at every step the frame decoder is unconditioned: z only sets its state."""
+    module = _latent_model("mulaw", z_every_step=False, frame_size=4)
+    ref, out = _pair(module, _frame_fused(module), _prev(2, 61), 90, sampling, creativity=0.5)
+    _assert_same_samples(ref, out, "mulaw", sampling)
+
+
+def test_vseq2seq_frame_model_with_z_every_step_runs_the_reference() -> None:
+    """No fused backend reads a conditioned frame decoder: auto runs the reference loop and
+    engine=fused is a config error."""
+    module = _latent_model("mulaw", z_every_step=True, frame_size=4)
+    weights = module.net.decoder_weights()
+    assert weights.frame_size == 4 and weights.decoder.cond_dim == 4
+    assert isinstance(backend_for(weights, "auto", CPU), ReferenceBackend)
+    assert isinstance(backend_for(weights, "reference", CPU), ReferenceBackend)
+    with pytest.raises(ConfigError, match="engine=fused"):
+        backend_for(weights, "fused", CPU)
+    with pytest.raises(ConfigError, match="engine=fused"):
+        Continuation(module, "fused")
+    assert describe(module, "auto") == "reference"
+    ref, out = _pair(module, Continuation(module, "auto"), _prev(2, 61), 40, Sampling())
+    assert torch.equal(out, ref)
+
+
+def test_vseq2seq_routing_and_long_form() -> None:
+    module = _latent_model("mulaw")
+    assert describe(module, "auto") == "fused (C kernel)"
+    assert isinstance(Continuation(module, "auto").backend, FusedBackend)
+    prime = _prev(2, 61)
+    ref = generate_long(module, prime, 90, seed=4, engine="reference", creativity=0.5)
+    out = generate_long(module, prime, 90, seed=4, engine="auto", creativity=0.5)
+    assert out.shape == (2, 90) and (out == ref).float().mean() >= 0.99
+    assert Continuation(module, "auto")(prime, 0).shape == (2, 0)
+
+
+# ------------------------------------------------------------------- the GAN: no decode loop
+def test_gan_continues_audio_itself() -> None:
+    gan = _gan()
+    run = Continuation(gan, "auto")
+    assert run.backend is None and run.name == "reference" == describe(gan, "auto")
+    assert Continuation(gan, "reference").name == "reference"
+    with pytest.raises(ConfigError, match="engine=fused"):
+        Continuation(gan, "fused")
+    with pytest.raises(ConfigError, match="engine=fused"):
+        describe(gan, "fused")
+    prime = _prev(2, 128)
+    g = torch.Generator().manual_seed(2)
+    ref = continue_audio(gan, prime, 100, generator=g, engine="reference")
+    out = run(prime, 100, generator=torch.Generator().manual_seed(2))
+    assert out.shape == (2, 100) and torch.equal(out, ref)
+
+
+# ------------------------------------------------------------------- the decode description
+@pytest.mark.parametrize("head", ["mulaw", "regression"])
+@pytest.mark.parametrize("rows, steps", [(7, 40), (1, 96), (2, 0)])
+@torch.no_grad()
+def test_seq2seq_start_is_the_encoder_state_and_the_last_token(
+    head: str, rows: int, steps: int
+) -> None:
+    module = _model(head)
+    net = module.net
+    prev = _prev(rows, max(steps, 1))[:, :steps]
+    start = net.start(prev, 10)
+    tokens = net.head.tokens(prev)
+    h, c = net.encoder_state(tokens)
+    assert torch.equal(start.state[0], h) and torch.equal(start.state[1], c)
+    expected = tokens[:, -1:] if steps else net.silence(rows, CPU)[:, None]
+    assert torch.equal(start.context, expected) and start.cond is None and start.batch == rows
+
+
+@torch.no_grad()
+def test_vseq2seq_start_carries_z_as_state_and_cond() -> None:
+    prev, g = _prev(2, 61), torch.Generator().manual_seed(0)
+    z, path = torch.randn(2, 4, generator=g), torch.randn(2, 30, 4, generator=g)
+    every = _latent_model("mulaw", z_every_step=True).net
+    start = every.start(prev, 30, z=z)
+    torch.testing.assert_close(start.state, every.latent_state(z), rtol=0, atol=0)
+    assert torch.equal(start.cond, z)  # one z: a constant [B, D], not a [B, n, D] copy
+    start = every.start(prev, 30, z=path)
+    assert torch.equal(start.cond, path)
+    torch.testing.assert_close(start.state, every.latent_state(path[:, 0]), rtol=0, atol=0)
+    initial = _latent_model("mulaw", z_every_step=False).net
+    assert initial.start(prev, 30, z=path).cond is None
+    assert initial.decoder_weights().decoder.cond_dim == 0
+
+
+# ------------------------------------------------------------------- backend pieces
+@pytest.mark.parametrize("backend", BACKENDS)
+@torch.no_grad()
 def test_streams_are_independent(backend: str) -> None:
     """Decoding 7 streams at once equals decoding each alone with its own draws."""
     module = _model("regression", hidden=24)
-    engine = FusedEngine(module, backend)
-    tokens = module.head.tokens(_prev(7))
-    state, first = engine.encode(tokens), module.first_input(tokens)
-    draws = engine.draws(60, 7, 1.0, torch.Generator().manual_seed(2))
-    together, _ = engine.decode(state, first, 60, draws=draws)
+    fused = _fused(module, backend).backend
+    start = module.net.start(_prev(7), 60)
+    (h, c), first = start.state, start.context[:, -1]
+    draws = fused.draws(60, 7, 1.0, CPU, torch.Generator().manual_seed(2))
+    options = dict(temperature=1.0, top_p=None)
+    together, _ = fused.impl.decode((h, c), first, 60, draws=draws, **options)
     for b in range(7):
-        alone, _ = engine.decode(
-            (state[0][:, b : b + 1], state[1][:, b : b + 1]),
+        alone, _ = fused.impl.decode(
+            (h[:, b : b + 1], c[:, b : b + 1]),
             first[b : b + 1],
             60,
             draws=draws[:, b : b + 1],
+            **options,
         )
         torch.testing.assert_close(alone[0], together[b], atol=1e-5, rtol=0)
 
 
-def test_decode_returns_the_final_state() -> None:
-    """Two decode calls chained through the returned state equal one long call."""
-    module = _model("mulaw")
-    engine = FusedEngine(module, "c")
-    tokens = module.head.tokens(_prev(2))
-    state, first = engine.encode(tokens), module.first_input(tokens)
-    whole, _ = engine.decode(state, first, 50)
-    part, mid = engine.decode(state, first, 20)
-    rest, _ = engine.decode(mid, part[:, -1], 30)
+@pytest.mark.parametrize("backend", ["reference", "c", "torch", "frame-reference", "frame-c"])
+@torch.no_grad()
+def test_decode_returns_the_final_state(backend: str) -> None:
+    """Two decodes chained through the returned state equal one long decode."""
+    frame = backend.startswith("frame")
+    module = _frame_model("mulaw") if frame else _model("mulaw")
+    weights = module.net.decoder_weights()
+    impl = {
+        "reference": lambda: ReferenceBackend(weights),
+        "c": lambda: FusedBackend(weights, kernel.load_kernel()),
+        "torch": lambda: FusedBackend(weights, None),
+        "frame-reference": lambda: ReferenceBackend(weights),
+        "frame-c": lambda: FusedFrameBackend(weights, kernel.load_kernel()),
+    }[backend]()
+    start = module.net.start(_prev(2, module.context_len), 52)
+    k = weights.frame_size
+    whole, _ = impl.decode(start, 52, GREEDY)
+    part, mid = impl.decode(start, 20, GREEDY)  # whole frames of a frame model
+    rest, _ = impl.decode(DecodeStart(mid, part[:, -k:]), 32, GREEDY)
     assert torch.equal(torch.cat([part, rest], dim=1), whole)
 
 
+@torch.no_grad()
 def test_c_kernel_rejects_bad_tokens() -> None:
     module = _model("mulaw")
-    engine = FusedEngine(module, "c")
-    state = engine.encode(torch.zeros(1, 4, dtype=torch.long))
+    fused = _fused(module, "c").backend
+    state = module.net.start(torch.zeros(1, 4), 5).state
     with pytest.raises(ValueError, match="valid classes"):
-        engine.decode(state, torch.tensor([256]), 5)
+        fused.decode(DecodeStart(state, torch.tensor([[256]])), 5, GREEDY)
     with pytest.raises(ValueError, match="valid classes"):
-        engine.encode(torch.full((1, 3), -1, dtype=torch.long))
+        fused.decode(DecodeStart(state, torch.tensor([[-1]])), 5, Sampling())
 
 
 def test_pack_panels_layout() -> None:
@@ -205,19 +475,15 @@ def test_pack_panels_layout() -> None:
 def test_cond_input_matches_decoder_step(backend: str, per_step: bool) -> None:
     """The optional conditioning input (vseq2seq's z) against `Decoder.step` with cond."""
     hidden, cond_dim, rows, steps = 16, 3, 2, 40
-    proj = _model("regression", hidden=hidden).head.proj
-    head = fuse_head(_model("regression", hidden=hidden).head)
+    regression = _model("regression", hidden=hidden).net.head
+    proj, head = regression.proj, fuse_head(regression)
     torch.manual_seed(0)
     embed = InputEmbedding(8, None)  # float inputs, as the regression head uses
     decoder = Decoder(8, hidden, 2, cond_dim=cond_dim).eval()
     fused = fuse_lstm(decoder.lstm, embed, cond_dim)
     lib = kernel.load_kernel()
     assert lib is not None
-    impl = (
-        CBackend(lib, fused, fused, head)
-        if backend == "c"
-        else TorchBackend(decoder.lstm, embed, fused, head)
-    )
+    impl = CBackend(lib, fused, head) if backend == "c" else TorchBackend(fused, head)
     cond = torch.randn(rows, steps, cond_dim) if per_step else torch.randn(rows, cond_dim)
     state = (torch.randn(2, rows, hidden) * 0.5, torch.randn(2, rows, hidden) * 0.5)
     x = torch.tensor([0.1, -0.3])
@@ -241,202 +507,39 @@ def test_cond_input_matches_decoder_step(backend: str, per_step: bool) -> None:
         fuse_lstm(decoder.lstm, embed, cond_dim).cond_gates(None)
 
 
-# ------------------------------------------------------------------- frame models
-def _frame_model(head: str, hidden: int = 13, k: int = 4, width: int = 10) -> Seq2SeqModule:
-    """A small frame model (4H = 52, k M = 40: padded panels in the kernel), random biases."""
-    torch.manual_seed(0)
-    module = Seq2SeqModule(
-        sr=8000,
-        prev_len_max=64,
-        next_len=8 * k,
-        hidden=hidden,
-        layers=2,
-        embed_dim=8,
-        head=head,
-        frame_size=k,
-        sample_hidden=width,
-    ).eval()
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "bias" in name or name.endswith(("h0", "c0")):
-                p.normal_(0.0, 0.3)
-        if head == "regression":
-            module.head.noise_std.fill_(0.05)
-    return module
-
-
-def _frame_pair(module, prev, n, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reference NumPy loop, C frame engine) from generators with the same seed."""
-    ref = module.continue_audio(prev, n, generator=torch.Generator().manual_seed(7), **options)
-    engine = FrameEngine(module, "c")
-    out = engine.continue_audio(prev, n, generator=torch.Generator().manual_seed(7), **options)
-    return ref, out
-
-
-FRAME_OPTIONS = [
-    {"decoding": "greedy"},
-    {"decoding": "sample"},
-    {"decoding": "sample", "temperature": 0.7, "top_p": 0.8},
-]
-
-
-@pytest.mark.parametrize("rows", [1, 3])  # the reference takes a rank-1 path for one stream
-@pytest.mark.parametrize("options", FRAME_OPTIONS, ids=["greedy", "gumbel", "top_p"])
-def test_frame_engine_mulaw_matches_the_numpy_loop(rows: int, options: dict) -> None:
-    module = _frame_model("mulaw")
-    ref, out = _frame_pair(module, _prev(rows, 61), 203, **options)  # 203: a partial last frame
-    assert out.shape == ref.shape == (rows, 203)
-    if options["decoding"] == "greedy":
-        assert torch.equal(out, ref)
-    else:  # the same draws: a class differs only where fp32 summation order flips a decision
-        assert (out == ref).float().mean() >= 0.99
-
-
-@pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize("decoding", ["greedy", "sample"])
-def test_frame_engine_regression_matches_the_numpy_loop(rows: int, decoding: str) -> None:
-    module = _frame_model("regression", k=16, width=20)
-    ref, out = _frame_pair(module, _prev(rows, 50), 100, decoding=decoding)
-    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
-
-
-def test_frame_engine_draws_like_the_reference_and_handles_edge_cases() -> None:
-    module = _frame_model("mulaw")
-    engine = FrameEngine(module)
-    for options in FRAME_OPTIONS:
-        g_ref, g_eng = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-        module.continue_audio(_prev(2, 61), 30, generator=g_ref, **options)
-        engine.continue_audio(_prev(2, 61), 30, generator=g_eng, **options)
-        assert torch.equal(g_ref.get_state(), g_eng.get_state())
-    empty = torch.zeros(2, 0)
-    ref = module.continue_audio(empty, 9, decoding="greedy")
-    assert torch.equal(engine.continue_audio(empty, 9, decoding="greedy"), ref)
-    assert engine.continue_audio(_prev(), 0).shape == (3, 0)
-    state = module.encode(torch.zeros(1, 4, dtype=torch.long))
-    with pytest.raises(ValueError, match="valid classes"):
-        engine.backend.generate(
-            state,
-            torch.full((1, 4), 256),
-            2,
-            offsets=torch.zeros(8, 1, 256),
-            draws=None,
-            temperature=1.0,
-            top_p=None,
-        )
-    with pytest.raises(ValueError, match="frame models"):
-        FrameEngine(_model("mulaw"))
-
-
-# ------------------------------------------------------------------- vseq2seq
-def _latent_model(head: str = "mulaw", z_every_step: bool = True) -> VSeq2SeqModule:
-    torch.manual_seed(0)
-    module = VSeq2SeqModule(
-        sr=8000,
-        prev_len_max=64,
-        next_len=32,
-        hidden=24,
-        layers=2,
-        embed_dim=8,
-        head=head,
-        latent_dim=4,
-        z_every_step=z_every_step,
-        log_z_samples=0,
-    ).eval()
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if "bias" in name:
-                p.normal_(0.0, 0.3)
-    return module
-
-
-LATENT_OPTIONS = [
-    {"decoding": "greedy"},
-    {"decoding": "sample", "creativity": 1.0},
-    {"decoding": "sample", "temperature": 0.7, "top_p": 0.8},
-    {"decoding": "greedy", "z": "per_step"},
-]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("z_every_step", [True, False], ids=["z_every_step", "z_initial"])
-@pytest.mark.parametrize("options", LATENT_OPTIONS, ids=["greedy", "creative", "top_p", "z_path"])
-def test_latent_engine_matches_vseq2seq(backend: str, z_every_step: bool, options: dict) -> None:
-    """Same z (inferred with creativity from the same generator, or given per step), same
-    uniforms, same generator state afterwards."""
-    module = _latent_model("mulaw", z_every_step)
-    options = dict(options)
-    if options.get("z") == "per_step":
-        options["z"] = torch.randn(3, 150, 4, generator=torch.Generator().manual_seed(9))
-    engine = LatentEngine(module, backend)
-    assert engine.backend.name == backend
-    g_ref, g_eng = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    ref = module.continue_audio(_prev(3, 61), 150, generator=g_ref, **options)
-    out = engine.continue_audio(_prev(3, 61), 150, generator=g_eng, **options)
-    assert torch.equal(g_ref.get_state(), g_eng.get_state())
-    if options["decoding"] == "greedy":
-        assert torch.equal(out, ref)
-    else:
-        assert (out == ref).float().mean() >= 0.99
-
-
-def test_latent_engine_regression_routing_and_long_form() -> None:
-    module = _latent_model("regression")
-    ref = module.continue_audio(_prev(2, 61), 80, generator=torch.Generator().manual_seed(1))
-    out = LatentEngine(module).continue_audio(
-        _prev(2, 61), 80, generator=torch.Generator().manual_seed(1)
-    )
-    torch.testing.assert_close(out, ref, atol=2e-5, rtol=0)
-    module = _latent_model("mulaw")
-    assert supports(module) and isinstance(continuation(module, "auto").__self__, LatentEngine)
-    prime = _prev(2, 61)
-    ref = generate_long(module, prime, 90, seed=4, engine="reference", creativity=0.5)
-    out = generate_long(module, prime, 90, seed=4, engine="auto", creativity=0.5)
-    assert (out == ref).float().mean() >= 0.99
-    assert LatentEngine(module).continue_audio(prime, 0).shape == (2, 0)
-
-
-# ------------------------------------------------------------------- selection and fallback
-def test_continuation_selects_the_engine() -> None:
+# ------------------------------------------------------------------- selection
+def test_continuation_selects_the_backend() -> None:
     module = _model("mulaw")
-    assert supports(module)
-    assert continuation(module, "reference") == module.continue_audio
-    assert isinstance(continuation(module, "auto").__self__, FusedEngine)
-    assert isinstance(continuation(module, "fused").__self__, FusedEngine)
+    weights = module.net.decoder_weights()
+    assert isinstance(Continuation(module, "reference").backend, ReferenceBackend)
+    for engine in ("auto", "fused"):
+        run = Continuation(module, engine)
+        assert isinstance(run.backend, FusedBackend) and run.name == "fused (C kernel)"
+        assert describe(module, engine) == "fused (C kernel)"
+    assert describe(module, "reference") == "reference"
+    # not on the CPU: the fused loop in torch (the kernel is CPU-only); frame models: reference
+    cuda = torch.device("cuda")
+    assert backend_for(weights, "auto", cuda).name == "fused (torch)"
+    frame_weights = _frame_model("mulaw").net.decoder_weights()
+    assert isinstance(backend_for(frame_weights, "fused", cuda), ReferenceBackend)
     with pytest.raises(ConfigError, match="engine="):
-        continuation(module, "fast")
+        Continuation(module, "fast")
+    with pytest.raises(ConfigError, match="engine="):
+        backend_for(weights, "fast", CPU)
 
 
-def test_continuation_falls_back_for_other_families() -> None:
-    class Custom(Seq2SeqModule):
-        def continue_audio(self, prev, n_samples, **options):
-            return prev.new_zeros(prev.shape[0], n_samples)
-
-    module = Custom(sr=8000, prev_len_max=16, next_len=8, hidden=8, layers=1)
-    assert not supports(module)
-    assert continuation(module, "auto") == module.continue_audio
-    with pytest.raises(ConfigError, match="engine=fused"):
-        continuation(module, "fused")
-
-
-def test_frame_models_route_to_the_frame_engine() -> None:
-    """engine=auto/fused -> FrameEngine (the C loop); reference -> the module's NumPy loop;
-    a frame vseq2seq (z conditioning) keeps its own loop."""
+def test_frame_models_route_to_the_frame_backend() -> None:
+    """engine=auto/fused -> FusedFrameBackend (the C loop); reference -> the NumPy loop."""
     module = _frame_model("mulaw")
-    assert supports(module) and supports_frames(module)
     assert describe(module, "auto") == "fused (C kernel)"
     assert describe(module, "reference") == "reference"
-    for engine in ("auto", "fused"):
-        run = continuation(module, engine)
-        assert isinstance(run.__self__, FrameEngine) and run.__self__.backend.name == "c"
-    assert continuation(module, "reference") == module.continue_audio
+    _frame_fused(module)
+    assert isinstance(Continuation(module, "auto").backend, FusedFrameBackend)
+    assert isinstance(Continuation(module, "reference").backend, ReferenceBackend)
     prime = _prev(2, 61)
     ref = generate_long(module, prime, 90, seed=4, engine="reference")
     out = generate_long(module, prime, 90, seed=4, engine="auto")
     assert out.shape == (2, 90) and (out == ref).float().mean() >= 0.99
-    vae = VSeq2SeqModule(
-        sr=8000, prev_len_max=16, next_len=8, hidden=8, layers=1, frame_size=4, latent_dim=2
-    )
-    assert not supports(vae) and continuation(vae, "auto") == vae.continue_audio
 
 
 def test_generate_long_is_the_same_through_the_engine() -> None:
@@ -451,6 +554,7 @@ def test_generate_long_is_the_same_through_the_engine() -> None:
         generate_long(module, prime, 10, engine="turbo")
 
 
+# ------------------------------------------------------------------- the kernel and its fallbacks
 @pytest.fixture
 def fresh_kernel(tmp_path, monkeypatch):
     """An empty kernel cache and no loaded kernel; the real one is reloaded afterwards."""
@@ -466,34 +570,37 @@ def test_no_compiler_falls_back_to_torch_with_one_warning(fresh_kernel, monkeypa
     monkeypatch.setenv("CC", str(fresh_kernel / "no-such-compiler"))
     module = _model("mulaw")
     with pytest.warns(RuntimeWarning, match="pure-torch") as record:
-        engine = FusedEngine(module)
+        run = Continuation(module, "fused")
     assert len(record) == 1 and "\n" not in str(record[0].message)
-    assert engine.backend.name == "torch"
+    assert run.name == "fused (torch)"
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # warned once per process, not per engine
-        assert FusedEngine(module).backend.name == "torch"
-    with pytest.raises(ConfigError, match="backend=c"):
-        FusedEngine(module, "c")
-    ref = module.continue_audio(_prev(), 40, decoding="greedy")
-    assert torch.equal(engine.continue_audio(_prev(), 40, decoding="greedy"), ref)
+        warnings.simplefilter("error")  # warned once per process, not per backend
+        assert Continuation(module, "auto").name == "fused (torch)"
+        assert describe(_frame_model("mulaw"), "fused") == "reference"
+    ref = continue_audio(module, _prev(), 40, sampling=GREEDY, engine="reference")
+    assert torch.equal(run(_prev(), 40, sampling=GREEDY), ref)
 
 
 def test_kernel_off_switch(fresh_kernel, monkeypatch) -> None:
     monkeypatch.setenv("LOFIBEATS_KERNEL", "off")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert FusedEngine(_model("mulaw")).backend.name == "torch"
+        assert kernel.load_kernel() is None
+        assert Continuation(_model("mulaw"), "auto").name == "fused (torch)"
+        assert Continuation(_latent_model("mulaw"), "fused").name == "fused (torch)"
 
 
-def test_frame_engine_without_the_kernel_runs_the_numpy_loop(fresh_kernel, monkeypatch) -> None:
+def test_frame_model_without_the_kernel_runs_the_numpy_loop(fresh_kernel, monkeypatch) -> None:
     monkeypatch.setenv("LOFIBEATS_KERNEL", "off")
     module = _frame_model("mulaw")
-    engine = FrameEngine(module)
-    assert engine.backend is None and describe(module, "auto") == "reference"
-    with pytest.raises(ConfigError, match="backend=c"):
-        FrameEngine(module, "c")
-    ref = module.continue_audio(_prev(2, 61), 30, generator=torch.Generator().manual_seed(1))
-    out = engine.continue_audio(_prev(2, 61), 30, generator=torch.Generator().manual_seed(1))
+    for engine in ("auto", "fused"):
+        run = Continuation(module, engine)
+        assert isinstance(run.backend, ReferenceBackend) and run.name == "reference"
+        assert describe(module, engine) == "reference"
+    ref = continue_audio(
+        module, _prev(2, 61), 30, generator=torch.Generator().manual_seed(1), engine="reference"
+    )
+    out = run(_prev(2, 61), 30, generator=torch.Generator().manual_seed(1))
     assert torch.equal(out, ref)
 
 
@@ -511,8 +618,10 @@ def test_kernel_builds_once_into_the_cache(fresh_kernel) -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_uses_the_torch_backend_and_matches() -> None:
     module = _model("mulaw")
-    cpu_ref = module.continue_audio(_prev(), 60, decoding="greedy")
-    engine = FusedEngine(module.cuda())
-    assert engine.backend.name == "torch"
-    out = engine.continue_audio(_prev(), 60, decoding="greedy").cpu()
+    cpu_ref = continue_audio(module, _prev(), 60, sampling=GREEDY, engine="reference")
+    run = Continuation(module.cuda(), "auto")
+    assert run.name == "fused (torch)"
+    out = run(_prev(), 60, sampling=GREEDY).cpu()
     assert (out == cpu_ref).float().mean() >= 0.99
+    cuda_ref = continue_audio(module, _prev(), 60, sampling=GREEDY, engine="reference").cpu()
+    assert (out == cuda_ref).float().mean() >= 0.99

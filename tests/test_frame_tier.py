@@ -12,8 +12,10 @@ from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
 
 from lofibeats.errors import ConfigError
+from lofibeats.generation.engine import Continuation, FusedBackend, continue_audio
 from lofibeats.models.checkpoint import load_module
 from lofibeats.models.frame_tier import left_pad
+from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
@@ -30,7 +32,7 @@ def tiny(cls: type[Seq2SeqModule] = Seq2SeqModule, **overrides) -> Seq2SeqModule
     kwargs = dict(sr=SR, prev_len_max=64, next_len=NEXT, hidden=16, layers=2, embed_dim=8)
     kwargs.update(warmup_steps=0, frame_size=K, sample_hidden=12)
     if cls is VSeq2SeqModule:
-        kwargs.update(latent_dim=4, log_z_samples=0)
+        kwargs.update(latent_dim=4)
     kwargs.update(overrides)
     return cls(**kwargs)
 
@@ -64,16 +66,21 @@ def test_frame_size_one_is_the_sample_level_model() -> None:
     kwargs = dict(sr=SR, prev_len_max=64, next_len=NEXT, hidden=16, layers=2, embed_dim=8)
     plain = Seq2SeqModule(**kwargs, warmup_steps=0)
     one = tiny(frame_size=1)
-    assert one.sample_tier is None and one.supports_fused_engine
+    assert one.net.sample_tier is None and one.net.decoder_weights().frame_size == 1
+    assert isinstance(Continuation(one, "fused").backend, FusedBackend)
     expected = dict(plain.named_parameters())
     assert all(torch.equal(v, expected[k]) for k, v in one.named_parameters())
     assert one.state_dict().keys() == plain.state_dict().keys()
     prev, nxt = sines(2)
-    tokens = plain.head.tokens(prev), plain.head.tokens(nxt)
+    tokens = plain.net.head.tokens(prev), plain.net.head.tokens(nxt)
     assert torch.equal(one.outputs(*tokens), plain.outputs(*tokens))
     framed = tiny()
-    assert not framed.supports_fused_engine and framed.decoder.lstm.input_size == K
-    assert framed.head.proj.in_features == 12
+    weights = framed.net.decoder_weights()
+    assert weights.frame_size == K and weights.sample_tier is framed.net.sample_tier
+    with pytest.raises(ValueError, match="FusedFrameBackend"):  # not the sample-level backend
+        FusedBackend(weights, None)
+    assert framed.net.decoder.lstm.input_size == K
+    assert framed.net.head.proj.in_features == 12
 
 
 @pytest.mark.parametrize(
@@ -113,7 +120,7 @@ def test_trains_a_few_steps_with_finite_losses(head: str) -> None:
     assert all(
         torch.isfinite(metrics[k]) for k in ("train/loss", "val/loss", "val/bits_per_sample")
     )
-    assert model.sample_tier.window.weight.grad is not None
+    assert model.net.sample_tier.window.weight.grad is not None
 
 
 @pytest.mark.parametrize("mode", ["parallel", "exact"])
@@ -121,7 +128,7 @@ def test_scheduled_sampling_backpropagates_through_both_tiers(mode: str) -> None
     model = tiny(teacher_forcing={"mode": mode, "start": 0.5, "end": 0.5})
     loss = model.training_step(sines(4), 0)
     loss.backward()
-    for param in (model.encoder.lstm.weight_hh_l0, model.sample_tier.upsample.weight):
+    for param in (model.net.encoder.lstm.weight_hh_l0, model.net.sample_tier.upsample.weight):
         assert param.grad is not None and param.grad.abs().sum() > 0
 
 
@@ -130,28 +137,37 @@ def test_coins_are_per_frame_and_jacobi_passes_reach_the_exact_frame_loop() -> N
     truth = model.truth_mask(torch.Size((3, NEXT)), 0.5, torch.device("cpu"))
     assert torch.equal(truth, truth[:, ::K].repeat_interleave(K, dim=1)) and truth[:, :K].all()
     prev, nxt = sines(4)
-    prev_tokens, next_tokens = model.head.tokens(prev), model.head.tokens(nxt)
+    head = model.net.head
+    prev_tokens, next_tokens = head.tokens(prev), head.tokens(nxt)
     losses = {}
     for mode, passes in [("exact", 2), ("parallel", NEXT // K)]:
         twin = tiny(teacher_forcing={"mode": mode, "passes": passes, "predictions": "greedy"})
         twin.load_state_dict(model.state_dict())
         torch.manual_seed(7)  # the same coins for both modes
         out = twin.eval().outputs(prev_tokens, next_tokens, 0.0)
-        losses[mode] = twin.head.loss(out, next_tokens).item()
-    forced = model.head.loss(model.outputs(prev_tokens, next_tokens), next_tokens).item()
+        losses[mode] = twin.net.head.loss(out, next_tokens).item()
+    forced = head.loss(model.outputs(prev_tokens, next_tokens), next_tokens).item()
     assert losses["parallel"] == pytest.approx(losses["exact"], abs=1e-5)
     assert losses["exact"] != pytest.approx(forced, abs=1e-3)
 
 
 # --------------------------------------------------------------------------- generation
+GREEDY = Sampling(decoding="greedy")
+SAMPLED = Sampling()
+
+
+@pytest.mark.parametrize("engine", ["reference", "auto"])  # the NumPy loop, the C frame loop
 @pytest.mark.parametrize("rows", [1, 3])  # one stream takes a rank-1 path
 @pytest.mark.parametrize("head", ["mulaw", "regression"])
-def test_greedy_generation_equals_the_teacher_forced_pass(head: str, rows: int) -> None:
-    """The per-frame NumPy loop computes what the parallel training pass computes."""
+def test_greedy_generation_equals_the_teacher_forced_pass(
+    head: str, rows: int, engine: str
+) -> None:
+    """The per-frame generation loop computes what the parallel training pass computes."""
     model = tiny(head=head).eval()
     prev, _ = sines(rows, seed=1)
-    out = model.continue_audio(prev, NEXT, decoding="greedy")
-    prev_tokens, tokens = model.head.tokens(prev), model.head.tokens(out)
+    out = continue_audio(model, prev, NEXT, sampling=GREEDY, engine=engine)
+    head_ = model.net.head
+    prev_tokens, tokens = head_.tokens(prev), head_.tokens(out)
     forced = model.outputs(prev_tokens, tokens)
     if head == "mulaw":
         assert torch.equal(forced.argmax(-1), tokens)
@@ -163,9 +179,12 @@ def test_continue_audio_lengths_range_and_determinism() -> None:
     model = tiny().eval()
     prev, _ = sines(2)
 
-    def run(n: int = 10, seed: int = 0, source: torch.Tensor = prev, **options) -> torch.Tensor:
-        return model.continue_audio(
-            source, n, generator=torch.Generator().manual_seed(seed), **options
+    def run(
+        n: int = 10, seed: int = 0, source: torch.Tensor = prev, sampling: Sampling = SAMPLED
+    ) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return continue_audio(
+            model, source, n, sampling=sampling, generator=generator, engine="reference"
         )
 
     out = run(10)  # not a multiple of the frame size
@@ -174,20 +193,27 @@ def test_continue_audio_lengths_range_and_determinism() -> None:
     assert torch.equal(run(8), run(12)[:, :8])  # whole frames are drawn in order
     assert run(5, source=prev[:, :0]).shape == (2, 5)  # no prime: silence
     assert run(5, source=prev[:, :3]).shape == (2, 5)  # a prime shorter than a frame
-    assert run(9, top_p=0.5).shape == (2, 9)
-    assert torch.equal(run(7, temperature=0.0), run(7, seed=3, decoding="greedy"))
-    assert model.continue_audio(prev, 0).shape == (2, 0)
+    assert run(9, sampling=Sampling(top_p=0.5)).shape == (2, 9)
+    assert torch.equal(run(7, sampling=Sampling(temperature=0.0)), run(7, seed=3, sampling=GREEDY))
+    assert continue_audio(model, prev, 0, engine="reference").shape == (2, 0)
 
 
 def test_gumbel_sampling_follows_the_softmax() -> None:
     """A model whose sample tier outputs fixed logits: draws follow softmax(logits / T)."""
     model = tiny().eval()
+    head = model.net.head
     with torch.no_grad():
-        model.head.proj.weight.zero_()
-        model.head.proj.bias.fill_(-30.0)
-        model.head.proj.bias[[10, 20]] = torch.tensor([math.log(0.75), math.log(0.25)])
-    out = model.continue_audio(torch.zeros(1, 8), 4000, generator=torch.Generator().manual_seed(0))
-    tokens = model.head.tokens(out)
+        head.proj.weight.zero_()
+        head.proj.bias.fill_(-30.0)
+        head.proj.bias[[10, 20]] = torch.tensor([math.log(0.75), math.log(0.25)])
+    out = continue_audio(
+        model,
+        torch.zeros(1, 8),
+        4000,
+        generator=torch.Generator().manual_seed(0),
+        engine="reference",
+    )
+    tokens = head.tokens(out)
     assert set(tokens.unique().tolist()) == {10, 20}
     assert (tokens == 10).float().mean().item() == pytest.approx(0.75, abs=0.03)
 
@@ -198,17 +224,19 @@ def test_vseq2seq_frames_train_and_generate_with_z_conditioning_each_frame() -> 
     trainer = fit(model)
     assert torch.isfinite(trainer.callback_metrics["val/elbo_bits"])
     model.eval()
+    net = model.net
+    assert Continuation(model, "auto").name == "reference"  # a conditioned frame decoder
     prev, _ = sines(2, seed=2)
-    z = model.latent_from_audio(prev)
-    out = model.continue_audio(prev, NEXT, decoding="greedy", z=z)
-    tokens = model.head.tokens(out)
-    inputs = model.decoder_inputs(model.head.tokens(prev), tokens)
-    forced = model.decode(inputs, model.latent_state(z))[0]
+    z = net.latent_from_audio(prev)
+    out = continue_audio(model, prev, NEXT, sampling=GREEDY, z=z)
+    tokens = net.head.tokens(out)
+    inputs = net.decoder_inputs(net.head.tokens(prev), tokens)
+    with torch.no_grad():
+        forced = net.decode(inputs, net.latent_state(z), cond=net.cond(z))[0]
     assert torch.equal(forced.argmax(-1), tokens)
     other = torch.randn(2, NEXT, 4, generator=torch.Generator().manual_seed(0))
-    moved = model.continue_audio(
-        prev, NEXT, decoding="greedy", z=torch.cat([z[:, None].expand(-1, 8, -1), other[:, 8:]], 1)
-    )
+    path = torch.cat([z[:, None].expand(-1, 8, -1), other[:, 8:]], 1)
+    moved = continue_audio(model, prev, NEXT, sampling=GREEDY, z=path)
     assert torch.equal(moved[:, :8], out[:, :8]) and not torch.equal(moved, out)
 
 
@@ -219,8 +247,9 @@ def test_checkpoint_round_trip_through_load_module(cls, tmp_path: Path) -> None:
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, path)
     loaded = load_module(path)
     assert type(loaded) is cls and loaded.frame_size == K
-    prev, _ = sines(2)
-    expected = model.continue_audio(prev, 20, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(
-        loaded.continue_audio(prev, 20, generator=torch.Generator().manual_seed(0)), expected
-    )
+
+    def take(module) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return continue_audio(module, sines(2)[0], 20, generator=generator, engine="reference")
+
+    assert torch.equal(take(loaded), take(model))

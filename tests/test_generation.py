@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from torch import nn
 
 from lofibeats.errors import ConfigError, DataError
-from lofibeats.generation.longform import SILENCE_NOISE_STD, fade_curves, generate_long
+from lofibeats.generation.engine import Continuation
+from lofibeats.generation.longform import generate_long
 from lofibeats.generation.prime import pad_to_context, read_prime
+from lofibeats.generation.stream import SILENCE_NOISE_STD, fade_curves
 from lofibeats.models.base import LofiModule
+from lofibeats.models.configs import ModelConfig
+from lofibeats.models.sampling import Sampling
 
 
-class RecordingModule(LofiModule):
-    """A test double: each call continues `prev` with a noisy ramp and records what it was given.
+@dataclass(frozen=True)
+class DoubleConfig(ModelConfig):
+    family: ClassVar[str] = "double"
+
+    @classmethod
+    def parse(cls, **given) -> DoubleConfig:
+        return cls(**given)
+
+
+class RecordingNet(nn.Module):
+    """A `OnePassNet` test double: each call continues `prev` and records what it was given.
 
     `mode="ramp"`: sample i of a call is prev[-1] + step * (i + 1) (+ tiny seeded noise), so the
     audio is one continuous ramp exactly when every call sees the right context.
@@ -24,20 +40,13 @@ class RecordingModule(LofiModule):
     boundaries are steps unless a crossfade smooths them.
     """
 
-    family = "double"
-
-    def __init__(
-        self, context_len: int = 32, chunk_len: int = 16, sr: int = 8000, mode: str = "ramp"
-    ):
+    def __init__(self, mode: str) -> None:
         super().__init__()
-        self.save_hyperparameters(
-            {"family": "double", "sr": sr, "prev_len_max": context_len, "next_len": chunk_len}
-        )
         self.mode = mode
-        self.calls: list[tuple[torch.Tensor, int, float, dict]] = []
+        self.calls: list[tuple[torch.Tensor, int, Sampling, dict]] = []
 
-    def continue_audio(self, prev, n_samples, *, temperature=1.0, generator=None, **options):
-        self.calls.append((prev.clone(), n_samples, temperature, options))
+    def continue_audio(self, prev, n_samples, sampling, generator=None, **options):
+        self.calls.append((prev.clone(), n_samples, sampling, options))
         rows = prev.shape[0]
         if self.mode == "levels":
             level = torch.rand(rows, 1, generator=generator) - 0.5
@@ -45,6 +54,22 @@ class RecordingModule(LofiModule):
         steps = torch.arange(1, n_samples + 1, dtype=torch.float32) * 1e-4
         noise = torch.rand(rows, n_samples, generator=generator) * 1e-6
         return prev[:, -1:] + steps + noise
+
+
+class RecordingModule(LofiModule):
+    """A family whose network is a `RecordingNet` (no decode loop: it continues audio itself)."""
+
+    config_class = DoubleConfig
+
+    def __init__(
+        self, context_len: int = 32, chunk_len: int = 16, sr: int = 8000, mode: str = "ramp"
+    ):
+        super().__init__(sr=sr, prev_len_max=context_len, next_len=chunk_len)
+        self.net = RecordingNet(mode)
+
+    @property
+    def calls(self) -> list[tuple[torch.Tensor, int, Sampling, dict]]:
+        return self.net.calls
 
 
 def _prime(rows: int = 2, length: int = 40) -> torch.Tensor:
@@ -55,18 +80,19 @@ def _prime(rows: int = 2, length: int = 40) -> torch.Tensor:
 def test_length_chunks_and_context(n_samples: int) -> None:
     module = RecordingModule(context_len=32, chunk_len=16)
     prime = _prime()
-    out = generate_long(module, prime, n_samples, temperature=0.7, seed=0)
+    sampling = Sampling(temperature=0.7)
+    out = generate_long(module, prime, n_samples, sampling=sampling, seed=0)
 
     assert out.shape == (2, n_samples)
     sizes = [n for _, n, _, _ in module.calls]
-    assert sizes == [16] * (n_samples // 16) + ([n_samples % 16] if n_samples % 16 else [])
+    assert sizes == [16] * -(-n_samples // 16)  # whole native chunks, the last one cut
     full = torch.cat([prime, out], dim=1)
     produced = 0
-    for prev, size, temperature, _ in module.calls:
+    for prev, size, given, _ in module.calls:
         end = prime.shape[1] + produced
         assert prev.shape[1] == 32  # cropped to the model's context
         torch.testing.assert_close(prev, full[:, end - 32 : end])
-        assert temperature == 0.7
+        assert given == sampling
         produced += size
 
 
@@ -92,12 +118,20 @@ def test_same_seed_same_audio_other_seed_differs() -> None:
     assert not torch.equal(a, c)
 
 
-def test_options_reach_continue_audio_and_training_mode_is_restored() -> None:
+def test_sampling_and_options_reach_the_network_and_training_mode_is_restored() -> None:
     module = RecordingModule()
     module.train()
-    generate_long(module, _prime(), 20, seed=0, decoding="top_p", top_p=0.9)
-    assert all(options == {"decoding": "top_p", "top_p": 0.9} for *_, options in module.calls)
+    sampling = Sampling.parse(temperature=0.8, top_p=0.9, decoding="greedy")
+    generate_long(module, _prime(), 20, seed=0, sampling=sampling, creativity=0.5)
+    assert len(module.calls) == 2
+    assert all(given == sampling for _, _, given, _ in module.calls)
+    assert all(options == {"creativity": 0.5} for *_, options in module.calls)
     assert module.training
+    assert generate_long(module, _prime(), 5, seed=0).shape == (2, 5)
+    assert module.calls[-1][2] == Sampling()  # the default knobs: sample at temperature 1
+    assert Continuation(module, "auto").name == "reference"  # no decode loop, no backend
+    with pytest.raises(ConfigError, match="engine=fused"):
+        generate_long(module, _prime(), 5, engine="fused")
 
 
 def test_no_prime_starts_from_near_silence() -> None:
@@ -110,19 +144,22 @@ def test_no_prime_starts_from_near_silence() -> None:
 
 
 @pytest.mark.parametrize(
-    ("n_samples", "sizes"),
+    ("n_samples", "calls"),
     [
-        (16, [16]),  # one call, nothing to blend
-        (20, [16, 12]),  # 8 kept + an 8-sample tail, then only what is missing (8 of it blended)
-        (40, [16, 16, 16, 16]),
-        (30, [16, 16, 14]),
+        (8, 1),  # one block's 8 kept samples; its 8-sample tail is never blended
+        (16, 2),  # 8 kept + an 8-sample tail, then a block whose head is blended into it
+        (20, 3),
+        (40, 5),
+        (30, 4),
     ],
 )
-def test_crossfade_request_sizes_and_length(n_samples: int, sizes: list[int]) -> None:
+def test_crossfade_request_sizes_and_length(n_samples: int, calls: int) -> None:
+    """Every call makes one native chunk of 16 (asking for more would start a second pass,
+    whose seam the fade could not hide) and keeps 16 - crossfade = 8 new samples."""
     module = RecordingModule(context_len=32, chunk_len=16)
     out = generate_long(module, _prime(), n_samples, seed=0, crossfade=8)
     assert out.shape == (2, n_samples)
-    assert [n for _, n, _, _ in module.calls] == sizes  # never more than one native chunk
+    assert [n for _, n, _, _ in module.calls] == [16] * calls
     full = torch.cat([_prime(), out], dim=1)
     for k, (prev, *_) in enumerate(module.calls):  # each call sees the kept (blended) audio
         end = 40 + 8 * k

@@ -15,9 +15,9 @@ import torch
 from omegaconf import DictConfig
 from test_vseq2seq import SR, save_checkpoint, sine, tiny
 
+from lofibeats.commands.generate import generate
 from lofibeats.errors import ConfigError, LofiError
 from lofibeats.generation.longform import generate_long
-from lofibeats.generation.run import generate
 from lofibeats.generation.style import StyleChange, StylePath, clip_latent, style_path, z_trajectory
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_audio_before_the_change_is_identical_and_differs_after() -> None:
     assert torch.equal(run(), plain)
     unprimed = style_path(model, None, batch=3, n_samples=10, seed=0, creativity=0.5)
     latent_gen = torch.Generator().manual_seed(7919)  # seed + LATENT_SEED_OFFSET
-    expected = model.latent_from_audio(None, creativity=0.5, batch=3, generator=latent_gen)
+    expected = model.net.latent_from_audio(None, creativity=0.5, batch=3, generator=latent_gen)
     assert torch.equal(unprimed.base, expected)
 
 
@@ -86,7 +86,7 @@ def test_clip_target_is_its_posterior_mean(tmp_path: Path) -> None:
     clip = sine(1, 40, freq=300.0)[0]  # shorter than the context: one left-padded window
     sf.write(tmp_path / "clip.wav", clip.numpy(), SR, subtype="FLOAT")
     padded = torch.cat([torch.zeros(model.context_len - 40), clip])[None]
-    expected = model.posterior(model.head.tokens(padded))[0][0]
+    expected = model.net.posterior(model.net.head.tokens(padded))[0][0]
     assert torch.allclose(clip_latent(model, tmp_path / "clip.wav"), expected, atol=1e-6)
     path = style_path(
         model,
