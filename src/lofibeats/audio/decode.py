@@ -5,7 +5,9 @@ Two decoders, chosen by extension, each falling back on the other when it cannot
 - libsndfile (through soundfile) for what it reads well: WAV, FLAC, AIFF, Ogg Vorbis, MP3, CAF...
 - FFmpeg (through PyAV, whose wheels carry the codecs) for AAC/M4A/MP4, WebM/MKA/MKV, WMA, Opus,
   ALAC, APE, WavPack, AC-3 and the audio track of video files. Opus goes to FFmpeg first: it
-  decoded the real-corpus Opus files 3x faster than libsndfile (660x vs 221x real time).
+  decoded the real-corpus Opus files 3x faster than libsndfile (660x vs 221x real time), and
+  `prepare` ran at 88x instead of 46-55x real time on them (one worker). FFmpeg's own Opus
+  decoder and libopus (libsndfile's) agree to ~-50 dB RMS; the lengths are identical.
 
 A file libsndfile cannot open (an Ogg FLAC, an MP3 on an old libsndfile) is tried with FFmpeg and
 the other way round; when neither opens it, the first decoder's reason is reported.

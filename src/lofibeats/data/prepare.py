@@ -15,9 +15,19 @@
    any point leaves the old cache or the new one.
 
 Bad files are skipped with a reason, never fatal to the others; only a folder that is missing,
-empty or without any valid audio raises :class:`DataError`. NaN/inf samples in float files are
+empty or without any valid audio raises :class:`DataError`. Every file not used (skipped audio,
+and files the scan ignored: hidden, not audio, unknown extension) is listed with its reason in
+`cache_dir/unused-files.tsv` (`lofibeats.data.report`). NaN/inf samples in float files are
 replaced by silence with a warning. The split is by file, from a hash of its relative path
 (`lofibeats.data.split`).
+
+A full disk (ENOSPC/EDQUOT) anywhere in the run becomes one :class:`DiskFullError` line naming the
+file and folder, about how many bytes this run needs there (exact for the files already decoded,
+from the headers of the others) and how many are free; by then every new shard of the run is
+deleted again, so the previous cache is as it was (`lofibeats.data.space`).
+
+The progress display appears once the scan takes a moment, or when there is audio to decode: a
+rerun with nothing to do prints nothing.
 """
 
 from __future__ import annotations
