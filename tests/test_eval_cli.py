@@ -106,3 +106,36 @@ def test_eval_entry_point_exits_1_with_one_line(
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error:") and "no such folder" in err
+
+
+def test_eval_reports_beat_flatness_and_nll_by_context(
+    make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path
+) -> None:
+    """Generated, real and white noise side by side; the NLL of the same windows given 64 ms,
+    1 s and 4 s of past where the audio is long enough, a note where it is not."""
+    long_dir = write_tracks(tmp_path / "long", count=2, seconds=5.0)
+    args = ["progress=false", "n=2", "seconds=1", "prime_seconds=0.05", "data.val_windows=4"]
+    cfg = make_cfg(
+        "eval", [*args, "ckpt=last", f"data.raw_dir={long_dir}", "split=all", "context_windows=2"]
+    )
+    result = evaluate(cfg)
+    music = result["music"]
+    assert set(music) == {"generated", "real", "white_noise"}
+    assert music["white_noise"]["flatness"] > 0.3 > music["real"]["flatness"]  # tones vs noise
+    assert all(0.0 <= music[k]["beat"] <= 1.0 for k in music)
+    by_context = result["nll_by_context"]
+    assert by_context["windows"] == 2 and list(by_context["bits_per_sample"]) == [
+        "0.064s",
+        "1s",
+        "4s",
+    ]
+    assert all(5.0 < bits < 10.0 for bits in by_context["bits_per_sample"].values())
+
+    short = make_cfg(
+        "eval",
+        [*FAST, "ckpt=last", f"data.raw_dir={write_tracks(tmp_path / 'short')}", "split=all"],
+        run="short",
+    )
+    result = evaluate(short)
+    assert result["music"] is None  # 0.1-s clips: too short for a beat
+    assert "long" in result["nll_by_context"]["note"]

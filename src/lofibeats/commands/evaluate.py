@@ -9,7 +9,9 @@ Two kinds of numbers:
 * `n` generated clips, each continuing the prime of a real window: their sanity statistics, and
   the Frechet log-mel distance to the real continuations of the same primes, shown between a
   floor (real vs real: the first half of the real clips against the second half) and a ceiling
-  (white noise at the real clips' loudness vs real).
+  (white noise at the real clips' loudness vs real), and the measures that tell music from noise
+  (beat, flatness; `lofibeats.metrics.music`) for generated, real and white noise side by side.
+* the NLL of the same target windows given 64 ms, 1 s and 4 s of past (`context_windows` of them).
 
 The clips are generated with the same inference knobs as `generate.py` (conf/inference).
 """
@@ -33,6 +35,7 @@ from torch.utils.data import DataLoader
 
 from lofibeats.cli import quiet_third_party
 from lofibeats.commands.inference import (
+    carry_for,
     check_latent_keys,
     creativity_from,
     data_config_for,
@@ -46,7 +49,9 @@ from lofibeats.data.shards import ShardStore, Spans
 from lofibeats.data.windows import ValWindows, collate_pairs
 from lofibeats.errors import ConfigError, DataError
 from lofibeats.generation.longform import generate_long
+from lofibeats.metrics.context_nll import context_nll
 from lofibeats.metrics.frechet import frechet_logmel
+from lofibeats.metrics.music import music_stats
 from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.base import LofiModule
 from lofibeats.models.sampling import Sampling
@@ -120,6 +125,7 @@ def generated_vs_real(
     seed: int,
     progress: bool,
     engine: str,
+    carry: str,
     options: dict[str, Any],
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Continue each window's prev; return (generated [n, T], real continuations [n, T], RTF)."""
@@ -134,21 +140,73 @@ def generated_vs_real(
         seed=seed,
         progress=progress,
         engine=engine,
+        carry=carry,
         **options,
     )
     rtf = real.shape[1] / module.sample_rate / (time.perf_counter() - started)
     return generated.cpu().numpy(), real, rtf
 
 
+def white_noise_like(real: np.ndarray, seed: int) -> np.ndarray:
+    """White noise at each real clip's loudness: the ceiling every measure is read against."""
+    rng = np.random.default_rng(seed)
+    return np.stack(
+        [
+            np.clip(rng.normal(0.0, max(float(np.sqrt(np.mean(r**2))), 1e-3), r.shape), -1.0, 1.0)
+            for r in real
+        ]
+    )
+
+
+def music_block(
+    generated: np.ndarray, real: np.ndarray, sr: int, seed: int
+) -> dict[str, dict[str, float]] | None:
+    """Beat and flatness (`lofibeats.metrics.music`) and DC of the generated clips, the real
+    continuations and white noise, each averaged over the clips; None for clips under 1 s."""
+    if real.shape[1] < sr:
+        return None
+    block = {}
+    for name, clips in (
+        ("generated", generated),
+        ("real", real),
+        ("white_noise", white_noise_like(real, seed)),
+    ):
+        stats = [music_stats(clip, sr) for clip in clips]
+        block[name] = {key: float(np.mean([s[key] for s in stats])) for key in ("beat", "flatness")}
+        block[name]["max_abs_dc"] = float(max(abs(s["dc_offset"]) for s in stats))
+    return block
+
+
+CONTEXTS_S = (0.064, 1.0, 4.0)
+
+
+def nll_by_context(module: LofiModule, audio: EvalAudio, count: int) -> dict[str, Any]:
+    """Bits/sample of the same `count` target windows given 64 ms, 1 s and 4 s of past (does
+    the model use its context?); a note instead where no source is long enough or count is 0."""
+    sr = module.sample_rate
+    contexts = [round(c * sr) for c in CONTEXTS_S]
+    if count == 0:
+        return {"note": "context_windows=0"}
+    try:
+        pairs = audio.windows(count, contexts[-1], module.chunk_len, "")
+    except DataError:
+        return {"note": f"no source is {(contexts[-1] + module.chunk_len) / sr:.2f} s long"}
+    prev = torch.stack([pairs[i][0] for i in range(len(pairs))])
+    nxt = torch.stack([pairs[i][1] for i in range(len(pairs))])
+    bits = context_nll(module, prev, nxt, contexts)
+    if bits is None:
+        return {"note": f"a {module.family} model has no likelihood"}
+    return {
+        "windows": len(pairs),
+        "bits_per_sample": {f"{c:g}s": bits[n] for c, n in zip(CONTEXTS_S, contexts, strict=True)},
+    }
+
+
 def frechet_block(
     generated: np.ndarray, real: np.ndarray, sr: int, seed: int
 ) -> dict[str, float | None]:
     """Generated-vs-real Frechet log-mel distance with its real-vs-real floor and noise ceiling."""
-    rng = np.random.default_rng(seed)
-    noise = [
-        np.clip(rng.normal(0.0, max(float(np.sqrt(np.mean(r**2))), 1e-3), r.shape), -1.0, 1.0)
-        for r in real
-    ]
+    noise = list(white_noise_like(real, seed))
     half = len(real) // 2
     floor = frechet_logmel(list(real[:half]), list(real[half:]), sr) if half else None
     return {
@@ -195,6 +253,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     gen_len = round(number(cfg.get("seconds"), "seconds", low=0, low_open=True) * sr)
     pairs = audio.windows(n, prime_len, gen_len, "lower seconds or prime_seconds")
     engine = str(cfg.get("engine") or "auto")
+    carry = carry_for(cfg, module, data)
     generated, real, rtf = generated_vs_real(
         module,
         pairs,
@@ -202,6 +261,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         seed=seed,
         progress=progress,
         engine=engine,
+        carry=carry,
         options=options,
     )
     gen_means, verdicts, per_clip = mean_sanity(generated, sr)
@@ -235,6 +295,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "decoding": sampling.decoding,
             "seed": seed,
             "engine": engine,
+            "carry": carry,
             "options": options,
             "rtf": rtf,
             "mean": gen_means,
@@ -243,6 +304,12 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "per_clip": per_clip,
         },
         "frechet_logmel": frechet_block(generated, real, sr, seed),
+        "music": music_block(generated, real, sr, seed),
+        "nll_by_context": nll_by_context(
+            module,
+            audio,
+            number(cfg.get("context_windows", 8), "context_windows", kind=int, low=0),
+        ),
     }
     out_dir = Path(str(cfg.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -284,5 +351,23 @@ def result_table(result: dict[str, Any]) -> Table:
     for key in SANITY_KEYS:
         table.add_row(f"mean {key}", _fmt(gen["mean"][key]), f"real {_fmt(gen['real_mean'][key])}")
     table.add_row("verdicts", ", ".join(f"{k} {v}" for k, v in sorted(gen["verdicts"].items())), "")
+    music = result["music"]
+    if music is not None:
+        for key, what in (("beat", "beat"), ("flatness", "flatness 0.1-4 kHz")):
+            table.add_row(
+                f"{what} (music_stats)",
+                _fmt(music["generated"][key]),
+                f"real {_fmt(music['real'][key])} / noise {_fmt(music['white_noise'][key])}",
+            )
+    by_context = result["nll_by_context"]
+    if "bits_per_sample" in by_context:
+        bits = by_context["bits_per_sample"]
+        table.add_row(
+            f"NLL given {' / '.join(bits)} of past ({by_context['windows']} windows)",
+            " / ".join(_fmt(v) for v in bits.values()),
+            "lower with more past = the model uses its context",
+        )
+    else:
+        table.add_row("NLL by context", "n/a", by_context["note"])
     table.add_row("RTF", f"{gen['rtf']:.2f}x", "")
     return table

@@ -18,6 +18,7 @@ from rich.table import Table
 from lofibeats.audio.spectrogram import save_spectrogram_png
 from lofibeats.cli import quiet_third_party
 from lofibeats.commands.inference import (
+    carry_for,
     check_latent_keys,
     creativity_from,
     load_for_inference,
@@ -102,6 +103,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
         progress=bool(cfg.get("progress", True)),
         batch_size=n,
         engine=engine,
+        carry=carry_for(cfg, module, data_cfg),
         **options,
     )
     elapsed = time.perf_counter() - started

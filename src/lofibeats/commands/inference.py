@@ -111,6 +111,20 @@ def longform_options(cfg: DictConfig) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
+CARRY = ("auto", "window", "state")
+
+
+def carry_for(cfg: DictConfig, module: LofiModule, data_cfg: Mapping[str, Any]) -> str:
+    """How a take's blocks connect (`carry`: auto | window | state; see
+    `lofibeats.generation.stream`). auto: "state" for a seq2seq/vseq2seq model trained with
+    data.mode=stream (it learned to carry its encoder state), "window" otherwise."""
+    carry = choice(cfg.get("carry", "auto"), CARRY, "carry")
+    if carry != "auto":
+        return carry
+    stream_trained = data_cfg.get("mode", "windows") == "stream"
+    return "state" if stream_trained and module.family != "gan" else "window"
+
+
 def check_latent_keys(cfg: DictConfig, module: LofiModule) -> None:
     """A ConfigError if a key of `LATENT_KEYS` is set for a model without a latent z."""
     if isinstance(module, VSeq2SeqModule):
