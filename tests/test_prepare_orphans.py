@@ -80,7 +80,7 @@ def test_kill_9_of_prepare_ends_its_workers_and_resource_tracker(tmp_path: Path)
     raw = tmp_path / "raw"
     raw.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(4):  # ~2 min of audio: seconds of work for two workers at five rates
+    for i in range(6):  # 3 min of audio: seconds of work for two workers at five rates
         noise = 0.1 * rng.standard_normal((44100 * 30, 2))
         sf.write(raw / f"track {i}.wav", noise.astype(np.float32), 44100, subtype="PCM_16")
 
