@@ -80,7 +80,8 @@ def test_wav_prime_is_mixed_resampled_padded_and_kept(
     printed, notes = capsys.readouterr()
     assert "note: resampled the prime from 44100 Hz to the model's 8000 Hz\n" in notes
     assert "warning: the prime is 0.01 s, shorter than the model's context" in notes
-    assert len(notes.splitlines()) == 2
+    assert "note: levelled the prime to -20 dBFS, as the training audio was\n" in notes
+    assert len(notes.splitlines()) == 3
     assert [row["take"] for row in rows] == ["take_00", "take_01"]
     for row in rows:
         audio, sr = sf.read(out_dir / f"{row['take']}.wav")

@@ -231,6 +231,23 @@ def test_read_prime_mixes_resamples_and_crops(tmp_path: Path) -> None:
     )
 
 
+def test_a_prime_is_levelled_like_the_training_audio(tmp_path: Path) -> None:
+    """prepare brings every file to data.target_dbfs; a file prime gets the same treatment, so a
+    quiet (or hot) recording is not a different world to the model."""
+    t = np.arange(16000) / 16000
+    path = tmp_path / "quiet.flac"
+    sf.write(path, 0.01 * np.sin(2 * np.pi * 220 * t), 16000)
+    raw, _ = read_prime(path, 16000)
+    levelled, _ = read_prime(path, 16000, target_dbfs=-20.0)
+    rms_db = 20 * np.log10(np.sqrt(np.mean(levelled**2)))
+    assert rms_db == pytest.approx(-20.0, abs=0.5) and np.abs(raw).max() < 0.011
+    assert np.all(np.abs(levelled * 32767 - np.round(levelled * 32767)) < 1e-3)  # int16 steps
+    silent = tmp_path / "silent.wav"
+    sf.write(silent, np.zeros(8000), 8000)
+    with pytest.raises(DataError, match="silent"):
+        read_prime(silent, 8000, target_dbfs=-20.0)
+
+
 def test_read_prime_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="no such file"):
         read_prime(tmp_path / "missing.wav", 8000)

@@ -63,9 +63,12 @@ def build_primes(
         datamodule = val_datamodule(module, data_cfg)
         return np.stack([datamodule.val_clip(i, length) for i in range(n)])
     seconds = optional_number(cfg.get("prime_seconds"), "prime_seconds", low=0, low_open=True)
-    audio, file_sr = read_prime(Path(str(choice)), sr, seconds)
+    target = data_cfg.get("target_dbfs") if data_cfg.get("normalize_loudness", True) else None
+    audio, file_sr = read_prime(Path(str(choice)), sr, seconds, target_dbfs=target)
     if file_sr != sr:
         notes.print(f"note: resampled the prime from {file_sr} Hz to the model's {sr} Hz")
+    if target is not None:
+        notes.print(f"note: levelled the prime to {target:g} dBFS, as the training audio was")
     return np.tile(audio, (n, 1))
 
 
