@@ -19,7 +19,7 @@ def test_a_bad_model_value_is_one_line_naming_the_key(make_cfg, capsys) -> None:
         build()
     assert info.value.code == 1
     err = capsys.readouterr().err
-    assert err == "error: model.hidden=-3: it must be at least 1\n"
+    assert err == "error: model.hidden=-3: give an integer >= 1\n"
 
 
 def test_real_bugs_keep_their_traceback() -> None:
