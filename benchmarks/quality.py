@@ -64,6 +64,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/quality/<time>")
+    parser.add_argument(
+        "--run", type=Path, default=None, help="judge this training run folder instead of training"
+    )
+    parser.add_argument(
+        "--carry",
+        choices=("auto", "window", "state"),
+        default="auto",
+        help="how takes connect chunks (auto: state for data.mode=stream runs)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for train.py")
     return parser.parse_args()
 
@@ -164,17 +173,28 @@ def main() -> None:
     out = (args.out or REPO / "outputs" / "quality" / f"{stamp}_{args.family}").absolute()
     raw_dir, test_dir = data_folders(args.data)
 
-    status = train(args, raw_dir, out / "train")
-    module = load_module(out / "train" / "checkpoints" / "last.ckpt").eval()
+    run_dir = args.run.absolute() if args.run else out / "train"
+    if args.run is None:
+        status = train(args, raw_dir, run_dir)
+    else:
+        status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
+    module = load_module(run_dir / "checkpoints" / "last.ckpt").eval()
     sr = module.sample_rate
-    audio = heldout(out / "train", test_dir)
+    audio = heldout(run_dir, test_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_mode = OmegaConf.load(run_dir / "config_resolved.yaml").data.get("mode", "windows")
+    carry = args.carry
+    if carry == "auto":
+        carry = "state" if data_mode == "stream" and module.family != "gan" else "window"
 
     prime_len, take_len = round(args.prime_seconds * sr), round(args.seconds * sr)
     remedy = "lower --seconds or --prime-seconds"
     primes, real = pairs_tensors(audio.windows(args.takes, prime_len, take_len, remedy))
     started = time.perf_counter()
     sampling = Sampling.parse(args.temperature, args.top_p)
-    generated = generate_long(module, primes, take_len, sampling=sampling, seed=args.seed)
+    generated = generate_long(
+        module, primes, take_len, sampling=sampling, seed=args.seed, carry=carry
+    )
     gen_wall = time.perf_counter() - started
     rms = float(real.pow(2).mean().sqrt())
     noise = np.random.default_rng(args.seed).normal(0.0, rms, real.shape).clip(-1.0, 1.0)
@@ -193,7 +213,8 @@ def main() -> None:
         f"{status.get('metric')} {status.get('value')}; {module.family} at {sr} Hz; "
         f"held-out audio: {held} ({len(audio.spans)} files)",
         f"takes: {args.takes} x {args.seconds:g} s after {args.prime_seconds:g} s real primes, "
-        f"{sampling}, seed {args.seed}; generated in {gen_wall:.0f} s",
+        f"{sampling}, carry={carry}, seed {args.seed}; generated in {gen_wall:.0f} s "
+        f"(RTF {args.takes * args.seconds / gen_wall:.2f}x for all takes)",
         "",
         "| audio | beat | flatness | DC | max abs DC | RMS | verdicts |",
         "|---|---|---|---|---|---|---|",
