@@ -118,7 +118,7 @@ def fit(cfg: DictConfig) -> FitResult:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = LofiDataModule.from_config(cfg.data)
     # checkpoints keep these ("datamodule_hyper_parameters"): generate/eval read the same audio
-    datamodule.save_hyperparameters(resolved["data"])
+    datamodule.save_hyperparameters(datamodule.in_samples(resolved["data"]))
     model = instantiate(cfg.model, _convert_="all")
     callbacks = [*_instantiate_group(cfg.get("callbacks")), HparamsSummary(resolved)]
     loggers = _instantiate_group(cfg.get("logger"))

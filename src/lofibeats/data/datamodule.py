@@ -113,6 +113,18 @@ class LofiDataModule(pl.LightningDataModule):
         values.update({key: data_cfg.get(key, default) for key, default in _OPTIONAL.items()})
         return cls(cache_dir=resolve_cache_dir(data_cfg), **values, prepare_cfg=data_cfg)
 
+    def in_samples(self, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+        """`data_cfg` with its lengths in samples, as this module resolved them: what a
+        checkpoint keeps, and what agrees with the model's own `prev_len_max` / `next_len`
+        (Lightning refuses a run whose model and data hyperparameters disagree)."""
+        return {
+            **data_cfg,
+            "prev_len_min": self.prev_len_min,
+            "prev_len_max": self.prev_len_max,
+            "next_len": self.next_len,
+            "stream_segment": self.stream_segment,
+        }
+
     def prepare_data(self) -> None:
         """Build the shards for `sr` if missing (Lightning runs this on one process per node)."""
         if self.prepare_cfg is not None:
