@@ -15,15 +15,11 @@ and where a run stands is still (epoch, batch), the position `TrainLoader` saves
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
-
 import numpy as np
 import torch
-from torch.utils.data import IterableDataset, get_worker_info
 
 from lofibeats.data.shards import ShardStore, Spans, pcm_to_float
-from lofibeats.data.windows import _locate, _valid_starts, require_length
+from lofibeats.data.windows import IndexedBatches, _locate, _valid_starts, require_length
 
 StreamBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -59,7 +55,7 @@ class RowWalk:
         return source, start + offset * self.window, offset == 0
 
 
-class StreamBatches(IterableDataset):
+class StreamBatches(IndexedBatches):
     """`batches_per_epoch` batches per epoch of B walking rows (see the module doc); the walk goes
     on across epochs. Use with `TrainLoader`, like `TrainBatches`."""
 
@@ -76,23 +72,10 @@ class StreamBatches(IterableDataset):
         rank: int = 0,
     ):
         require_length(spans, 2 * window, "train", str(store.sr_dir))
+        super().__init__(batches_per_epoch, seed, rank)
         self.store, self.spans = store, spans
         self.batch_size, self.window, self.segment = batch_size, window, segment
-        self.batches_per_epoch, self.seed, self.rank = batches_per_epoch, seed, rank
         self._walks: list[RowWalk] | None = None  # built lazily, per process
-        self._start = torch.zeros(2, dtype=torch.int64).share_memory_()
-
-    def position(self, epoch: int, batch: int) -> dict[str, int]:
-        return {"epoch": int(epoch), "batch": int(batch)}
-
-    def seek(self, position: Mapping[str, Any]) -> None:
-        self._start[0], self._start[1] = int(position["epoch"]), int(position["batch"])
-
-    def set_epoch(self, epoch: int) -> None:
-        self.seek(self.position(epoch, 0))
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch
 
     def walks(self) -> list[RowWalk]:
         if self._walks is None:
@@ -113,10 +96,3 @@ class StreamBatches(IterableDataset):
             reset[row] = restarted
         audio = torch.from_numpy(pcm_to_float(pcm))
         return audio[:, : self.window], audio[:, self.window :], reset
-
-    def __iter__(self) -> Iterator[StreamBatch]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch, start = self._start.tolist()
-        for index in range(start + worker, self.batches_per_epoch, workers):
-            yield self.batch(index, epoch)

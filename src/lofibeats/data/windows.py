@@ -52,41 +52,18 @@ def _locate(valid: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.nd
     return source, positions - (ends[source] - valid[source])
 
 
-class TrainBatches(IterableDataset):
-    """`batches_per_epoch` random batches per epoch, each a whole `(prev, next)` batch.
+class IndexedBatches(IterableDataset):
+    """Train batches that are a function of (epoch, index), `batches_per_epoch` per epoch; a
+    subclass says how to build one (`batch`). Use with :class:`TrainLoader` (or
+    `DataLoader(batch_size=None)` and :meth:`set_epoch`).
 
-    One batch shares one prev length Tp, drawn in [prev_len_min, prev_len_max]. Use with
-    :class:`TrainLoader` (or `DataLoader(batch_size=None)` and :meth:`set_epoch`).
-
-    Where a pass starts is a *position*: a small plain dict made by :meth:`position` and applied by
-    :meth:`seek`. Here it is `{"epoch": e, "batch": k}`; a dataset whose batches depend on more than
-    their index (say, rows that walk through files) adds its own keys, plain ints and lists, and
-    :class:`TrainLoader` saves and restores them unchanged.
+    Where a pass starts is a *position*: a small plain dict made by :meth:`position` and applied
+    by :meth:`seek`, here `{"epoch": e, "batch": k}`, which :class:`TrainLoader` saves and
+    restores unchanged.
     """
 
-    def __init__(
-        self,
-        store: ShardStore,
-        spans: Spans,
-        *,
-        batch_size: int,
-        prev_len_min: int,
-        prev_len_max: int,
-        next_len: int,
-        batches_per_epoch: int,
-        seed: int,
-        rank: int = 0,
-    ):
-        require_length(spans, prev_len_max + next_len, "train", str(store.sr_dir))
-        self.store = store
-        self.spans = spans
-        self.batch_size = batch_size
-        self.prev_len_min = prev_len_min
-        self.prev_len_max = prev_len_max
-        self.next_len = next_len
-        self.batches_per_epoch = batches_per_epoch
-        self.seed = seed
-        self.rank = rank
+    def __init__(self, batches_per_epoch: int, seed: int, rank: int) -> None:
+        self.batches_per_epoch, self.seed, self.rank = batches_per_epoch, seed, rank
         # Shared memory: persistent workers keep their own copy of this dataset, yet must see the
         # (epoch, first batch) that the main process seeks to before each pass.
         self._start = torch.zeros(2, dtype=torch.int64).share_memory_()
@@ -106,6 +83,45 @@ class TrainBatches(IterableDataset):
     def __len__(self) -> int:
         return self.batches_per_epoch
 
+    def batch(self, index: int, epoch: int) -> tuple[torch.Tensor, ...]:
+        """Batch `index` of `epoch`: the same in any process, for the same seed and rank."""
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, start = self._start.tolist()
+        # the DataLoader deals a pass's batches out to its workers in turn from worker 0
+        for index in range(start + worker, self.batches_per_epoch, workers):
+            yield self.batch(index, epoch)
+
+
+class TrainBatches(IndexedBatches):
+    """`batches_per_epoch` random `(prev, next)` batches per epoch. One batch shares one prev
+    length Tp, drawn in [prev_len_min, prev_len_max]."""
+
+    def __init__(
+        self,
+        store: ShardStore,
+        spans: Spans,
+        *,
+        batch_size: int,
+        prev_len_min: int,
+        prev_len_max: int,
+        next_len: int,
+        batches_per_epoch: int,
+        seed: int,
+        rank: int = 0,
+    ):
+        require_length(spans, prev_len_max + next_len, "train", str(store.sr_dir))
+        super().__init__(batches_per_epoch, seed, rank)
+        self.store = store
+        self.spans = spans
+        self.batch_size = batch_size
+        self.prev_len_min = prev_len_min
+        self.prev_len_max = prev_len_max
+        self.next_len = next_len
+
     def batch(self, index: int, epoch: int) -> Batch:
         """Batch `index` of `epoch`: the same windows in any process, for the same seed and rank."""
         rng = np.random.default_rng([self.seed, epoch, self.rank, index])
@@ -120,14 +136,6 @@ class TrainBatches(IterableDataset):
             torch.from_numpy(pcm_to_float(pcm[:, :prev_len])),
             torch.from_numpy(pcm_to_float(pcm[:, prev_len:])),
         )
-
-    def __iter__(self) -> Iterator[Batch]:
-        info = get_worker_info()
-        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        epoch, start = self._start.tolist()
-        # the DataLoader deals a pass's batches out to its workers in turn from worker 0
-        for index in range(start + worker, self.batches_per_epoch, workers):
-            yield self.batch(index, epoch)
 
 
 class ValWindows(Dataset):
@@ -185,7 +193,7 @@ class TrainLoader(DataLoader):
 
     def __init__(
         self,
-        dataset: TrainBatches,
+        dataset: IndexedBatches,
         epoch_fn: Callable[[], int] | None = None,
         **kwargs: Any,
     ):
