@@ -1,4 +1,6 @@
-"""Shared fixtures: Hydra configs composed in-process, rooted in a temp folder."""
+"""Shared fixtures: Hydra configs composed in-process, rooted in a temp folder, and a tiny
+checkpoint where a training run leaves one. The plain functions they use are in helpers.py
+(`compose_config` is still importable from here)."""
 
 from __future__ import annotations
 
@@ -7,38 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig
 
 from lofibeats.cli import register_resolvers
 
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+pytest.register_assert_rewrite("helpers")  # before it is imported: its asserts report like tests
+from helpers import RUN_CKPT, compose_config, save_tiny_checkpoint  # noqa: E402
 
 torch.set_num_threads(1)
 register_resolvers()
-
-
-def compose_config(
-    config_name: str, overrides: list[str], root: Path, run: str = "run"
-) -> DictConfig:
-    """Compose `conf/<config_name>.yaml` like the CLI would, with outputs and data under `root`."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            config_name=config_name,
-            overrides=[f"paths.root_dir={root.as_posix()}", *overrides],
-            return_hydra_config=True,
-        )
-    run_dir = root / "outputs" / run
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.hydra.job.num = 0
-        cfg.hydra.job.id = "0"
-    HydraConfig.instance().set_config(cfg)
-    return cfg
 
 
 @pytest.fixture
@@ -51,3 +30,9 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
         return compose_config(config_name, list(overrides or []), tmp_path, run)
 
     return make
+
+
+@pytest.fixture
+def ckpt(tmp_path: Path) -> Path:
+    """A tiny seq2seq checkpoint where a training run leaves its last (`ckpt=last` finds it)."""
+    return save_tiny_checkpoint(tmp_path / RUN_CKPT)

@@ -19,6 +19,8 @@ from lofibeats.models.configs import RETIRED_KEYS
 from lofibeats.models.registry import family_class
 from lofibeats.models.seq2seq import Seq2SeqModule
 
+from helpers import LEGACY, tiny_trainer
+
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
     "ignore:.*resuming from a checkpoint that ended before the epoch ended:UserWarning",
@@ -40,15 +42,7 @@ def _model() -> Seq2SeqModule:
 def _fit(model: Seq2SeqModule, max_steps: int, ckpt_path: Path | None = None) -> pl.Trainer:
     torch.manual_seed(1)
     data = TensorDataset(torch.rand(8, 48) * 2 - 1, torch.rand(8, 16) * 2 - 1)
-    trainer = pl.Trainer(
-        max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
-    )
+    trainer = tiny_trainer(max_steps=max_steps)
     trainer.fit(model, DataLoader(data, batch_size=4), ckpt_path=ckpt_path, weights_only=True)
     return trainer
 
@@ -98,9 +92,6 @@ def test_lightning_resume_under_weights_only_keeps_the_schedule(trained_ckpt) ->
     assert trainer.lr_scheduler_configs[0].scheduler.last_epoch == 5
 
 
-LEGACY = Path(__file__).parent / "data" / "legacy"
-
-
 class _Snapshot(pl.Callback):
     """The module's tensors as training starts: what the resume loaded, before any step."""
 
@@ -137,16 +128,8 @@ def test_lightning_resumes_from_a_v0_1_checkpoint(name: str, tmp_path: Path) -> 
     torch.manual_seed(1)
     data = TensorDataset(torch.rand(8, hp.prev_len_max) * 2 - 1, torch.rand(8, hp.next_len) * 2 - 1)
     snapshot = _Snapshot()
-    trainer = pl.Trainer(
-        max_steps=old["global_step"] + 2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[snapshot],
+    trainer = tiny_trainer(
+        max_steps=old["global_step"] + 2, limit_val_batches=0, callbacks=[snapshot]
     )
     trainer.fit(module, DataLoader(data, batch_size=4), ckpt_path=path, weights_only=True)
 

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from lofibeats.models.sampling import Sampling
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from helpers import CONF
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))

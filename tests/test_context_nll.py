@@ -10,19 +10,15 @@ import torch
 from lofibeats.metrics.context_nll import context_nll
 from lofibeats.models.gan import GanModule
 from lofibeats.models.seq2seq import Seq2SeqModule
-from lofibeats.models.vseq2seq import VSeq2SeqModule
 
-SR = 8000
-PREV, NEXT = 400, 32
+from helpers import SR, tiny_seq2seq, tiny_vseq2seq
+
+PREV, NEXT = 400, 32  # NEXT: the tiny models' chunk
 CONTEXTS = (8, 100, 400)
-TINY = dict(sr=SR, prev_len_max=64, next_len=NEXT, hidden=16, layers=1, embed_dim=8)
 
 
 def tiny(family: str, **overrides) -> Seq2SeqModule:
-    torch.manual_seed(0)
-    if family == "vseq2seq":
-        return VSeq2SeqModule(**TINY, latent_dim=4, **overrides)
-    return Seq2SeqModule(**TINY, **overrides)
+    return (tiny_vseq2seq if family == "vseq2seq" else tiny_seq2seq)(**overrides)
 
 
 def windows(n: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,8 @@ from lofibeats.data.datamodule import LofiDataModule
 from lofibeats.data.manifest import Manifest, SourceEntry
 from lofibeats.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import CONF, sine, tiny_trainer
+
 SR = 8000
 # (path, shard, samples, split): source "c" is too short for any window
 SOURCES = [
@@ -331,7 +332,7 @@ def test_whole_floats_are_taken_as_ints(cache: Path):
 
 
 def data_config(tmp_path: Path, **values):
-    cfg = OmegaConf.load(REPO / "conf" / "data" / "default.yaml")
+    cfg = OmegaConf.load(CONF / "data" / "default.yaml")
     cfg.cache_dir, cfg.raw_dir = str(tmp_path / "cache"), str(tmp_path / "raw")
     for key, value in values.items():
         cfg[key] = value
@@ -358,9 +359,8 @@ def test_from_config_reads_the_cache_prepare_keeps_for_the_folder(tmp_path: Path
 def test_reads_what_prepare_writes(tmp_path: Path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    t = np.arange(SR) / SR
-    for i in range(6):
-        sf.write(raw / f"tone{i}.wav", 0.3 * np.sin(2 * np.pi * 110 * (i + 1) * t), SR)
+    for i in range(6):  # 1 s each of the harmonics of 110 Hz
+        sf.write(raw / f"tone{i}.wav", sine(110, 0.3, 1.0, SR, ratio=i + 1), SR)
     cfg = data_config(tmp_path, prepare_workers=1, val_fraction=0.5, **LENGTHS, batch_size=2)
     dm = LofiDataModule.from_config(cfg)
     dm.prepare_data()
@@ -394,15 +394,7 @@ class _Recorder(pl.LightningModule):
 
 def test_trainer_sees_a_new_draw_each_epoch(cache: Path):
     model, dm = _Recorder(), make_dm(cache, train_batches_per_epoch=3)
-    trainer = pl.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
+    trainer = tiny_trainer(max_steps=-1, max_epochs=2)
     trainer.fit(model, datamodule=dm)
     assert [len(model.seen[e]) for e in (0, 1)] == [3, 3]
     reference = make_dm(cache, train_batches_per_epoch=3).train_dataset

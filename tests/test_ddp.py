@@ -12,11 +12,10 @@ from typing import Any
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import REPO
 
 from lofibeats.training.status import JobStatus
 
-TESTS = Path(__file__).resolve().parent
+from helpers import REPO, TESTS
 
 
 class RecordRanks(pl.Callback):

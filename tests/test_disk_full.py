@@ -20,7 +20,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
-from test_prepare import check_cache, prepare, write_tone
 
 from lofibeats.data import manifest as manifest_module
 from lofibeats.data import pack, process
@@ -32,6 +31,8 @@ from lofibeats.training.checkpoint_io import (
     CheckpointDiskFullError,
     serialized_size,
 )
+
+from helpers import check_cache, prepare, tiny_trainer, write_tone
 
 ONE_LINE = re.compile(
     r"^disk full: could not write (?P<what>.+?) in (?P<where>.+?): needs about "
@@ -261,13 +262,10 @@ class TinyModule(pl.LightningModule):
 
 
 def _trainer(tmp_path: Path, steps: int) -> pl.Trainer:
-    return pl.Trainer(
+    return tiny_trainer(
         default_root_dir=tmp_path,
         max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+        enable_checkpointing=True,
         plugins=[AtomicCheckpointIO()],
         callbacks=[
             pl.callbacks.ModelCheckpoint(

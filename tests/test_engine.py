@@ -59,53 +59,34 @@ def _randomize(module) -> None:
             module.net.head.noise_std.fill_(0.05)
 
 
-def _model(head: str = "mulaw", hidden: int = 24, layers: int = 2, seed: int = 0) -> Seq2SeqModule:
-    """A small sample-level seq2seq with random weights."""
+def _random(cls: type[Seq2SeqModule] = Seq2SeqModule, seed: int = 0, **hparams) -> Seq2SeqModule:
+    """`cls(sr=8000, embed_dim=8, **hparams)` seeded with `seed`, `_randomize`d, in eval mode."""
     torch.manual_seed(seed)
-    module = Seq2SeqModule(
-        sr=8000, prev_len_max=96, next_len=32, hidden=hidden, layers=layers, embed_dim=8, head=head
-    ).eval()
+    module = cls(sr=8000, embed_dim=8, **hparams).eval()
     _randomize(module)
     return module
+
+
+def _model(head: str = "mulaw", hidden: int = 24, layers: int = 2, seed: int = 0) -> Seq2SeqModule:
+    """A small sample-level seq2seq with random weights."""
+    return _random(seed=seed, prev_len_max=96, next_len=32, hidden=hidden, layers=layers, head=head)
 
 
 def _frame_model(head: str, k: int = 4, hidden: int = 13, width: int = 10) -> Seq2SeqModule:
     """A small frame model (4H = 52 and, for k < 16, k M: padded panels in the kernel)."""
-    torch.manual_seed(0)
-    module = Seq2SeqModule(
-        sr=8000,
-        prev_len_max=64,
-        next_len=8 * k,
-        hidden=hidden,
-        layers=2,
-        embed_dim=8,
-        head=head,
-        frame_size=k,
+    return _random(
+        prev_len_max=64, next_len=8 * k, hidden=hidden, layers=2, head=head, frame_size=k,
         sample_hidden=width,
-    ).eval()
-    _randomize(module)
-    return module
+    )  # fmt: skip
 
 
 def _latent_model(
     head: str = "mulaw", z_every_step: bool = True, frame_size: int = 1
 ) -> VSeq2SeqModule:
-    torch.manual_seed(0)
-    module = VSeq2SeqModule(
-        sr=8000,
-        prev_len_max=64,
-        next_len=32,
-        hidden=24,
-        layers=2,
-        embed_dim=8,
-        head=head,
-        latent_dim=4,
-        z_every_step=z_every_step,
-        frame_size=frame_size,
-        sample_hidden=10,
-    ).eval()
-    _randomize(module)
-    return module
+    return _random(
+        VSeq2SeqModule, prev_len_max=64, next_len=32, hidden=24, layers=2, head=head,
+        latent_dim=4, z_every_step=z_every_step, frame_size=frame_size, sample_hidden=10,
+    )  # fmt: skip
 
 
 def _gan() -> GanModule:
@@ -236,19 +217,10 @@ TIERED = [("sample-c", 1, "c"), ("sample-torch", 1, "torch"), ("frame-c", 4, "c"
 def test_slow_top_tier_models_fused_match_reference(k: int, backend: str) -> None:
     """`top_frame_size`: the encoder steps once per 16 samples (inside `net.start`); the
     decoder the backends run is the sample-level or frame model's own."""
-    torch.manual_seed(0)
-    module = Seq2SeqModule(
-        sr=8000,
-        prev_len_max=64,
-        next_len=32,
-        hidden=13,
-        layers=2,
-        embed_dim=8,
-        frame_size=k,
-        top_frame_size=16,
+    module = _random(
+        prev_len_max=64, next_len=32, hidden=13, layers=2, frame_size=k, top_frame_size=16,
         sample_hidden=10,
-    ).eval()
-    _randomize(module)
+    )  # fmt: skip
     assert module.net.encoder.lstm.input_size == 16
     run = _fused(module, backend) if k == 1 else _frame_fused(module)
     ref, out = _pair(module, run, _prev(2, 61), 150, Sampling())

@@ -12,12 +12,13 @@ import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
-from test_generate_cli import REPO, SR, save_tiny_checkpoint, write_tracks
 from torch.utils.data import DataLoader
 
 from lofibeats.commands.evaluate import evaluate, teacher_forced
 from lofibeats.errors import ConfigError
 from lofibeats.models.seq2seq import Seq2SeqModule
+
+from helpers import REPO, SR, write_tracks
 
 FAST = ["progress=false", "n=2", "seconds=0.1", "prime_seconds=0.05", "data.val_windows=4"]
 
@@ -25,11 +26,6 @@ FAST = ["progress=false", "n=2", "seconds=0.1", "prime_seconds=0.05", "data.val_
 @pytest.fixture
 def raw_dir(tmp_path: Path) -> Path:
     return write_tracks(tmp_path / "raw")
-
-
-@pytest.fixture
-def ckpt(tmp_path: Path) -> Path:
-    return save_tiny_checkpoint(tmp_path / "outputs/2026-01-01/00-00-00_1/checkpoints/last.ckpt")
 
 
 def test_eval_writes_json_with_every_field(

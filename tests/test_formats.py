@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from test_prepare import check_cache, prepare
 
 from lofibeats.audio.decode import AUDIO_EXTENSIONS, AudioDecodeError, MonoReader, _FFmpegSource
+
+from helpers import check_cache, prepare, sine
 
 av = pytest.importorskip("av")
 
@@ -21,10 +22,9 @@ FREQ = 440.0
 def tone(seconds: float, sr: int, channels: int = 2, amp: float = 0.3) -> np.ndarray:
     """[channels, frames] float32: a FREQ sine, in phase on every channel but the second's
     polarity flipped for a third of its length (so a decoder that drops channels shows)."""
-    t = np.arange(round(seconds * sr)) / sr
-    x = np.repeat((amp * np.sin(2 * np.pi * FREQ * t))[None], channels, axis=0)
+    x = np.repeat(sine(FREQ, amp, seconds, sr)[None], channels, axis=0)
     if channels > 1:
-        x[1, : len(t) // 3] *= -1
+        x[1, : x.shape[1] // 3] *= -1
     return x.astype(np.float32)
 
 

@@ -19,7 +19,8 @@ from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
-SR = 8000
+from helpers import SR, sine_pairs, tiny_seq2seq, tiny_trainer, tiny_vseq2seq
+
 PREV, NEXT, K = 61, 32, 4  # prev deliberately not a multiple of the frame size
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
@@ -28,33 +29,19 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 def tiny(cls: type[Seq2SeqModule] = Seq2SeqModule, **overrides) -> Seq2SeqModule:
-    torch.manual_seed(0)
-    kwargs = dict(sr=SR, prev_len_max=64, next_len=NEXT, hidden=16, layers=2, embed_dim=8)
-    kwargs.update(warmup_steps=0, frame_size=K, sample_hidden=12)
-    if cls is VSeq2SeqModule:
-        kwargs.update(latent_dim=4)
-    kwargs.update(overrides)
-    return cls(**kwargs)
+    """The tiny seq2seq (or vseq2seq) with two layers and a frame tier of K samples."""
+    build = tiny_vseq2seq if cls is VSeq2SeqModule else tiny_seq2seq
+    return build(**{"layers": 2, "frame_size": K, "sample_hidden": 12, **overrides})
 
 
 def sines(n: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
-    x = 0.5 * torch.sin(2 * math.pi * 300.0 * torch.arange(PREV + NEXT)[None] / SR + phase)
-    return x[:, :PREV], x[:, PREV:]
+    """(prev [n, PREV], next [n, NEXT]) of a 300 Hz sine."""
+    return sine_pairs(n, PREV, NEXT, freq=300.0, seed=seed)
 
 
 def fit(model: Seq2SeqModule) -> pl.Trainer:
     data = TensorDataset(*sines(8))
-    trainer = pl.Trainer(
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
-    )
+    trainer = tiny_trainer()
     trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
     return trainer
 

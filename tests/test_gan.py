@@ -33,21 +33,13 @@ from lofibeats.models.gan_losses import (
 from lofibeats.models.gan_networks import Generator, PhaseShuffle, fit_left, fold, unfold
 from lofibeats.models.sampling import Sampling
 
-SR = 8000
+from helpers import SR, sine_pairs, tiny_trainer
+
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
     "ignore:.*self.log.*but the `self.trainer` reference is not registered:UserWarning",
     "ignore:.*resuming from a checkpoint that ended before the epoch ended:UserWarning",
 )
-
-
-def tone_pairs(n: int, prev_len: int, next_len: int, *, seed: int = 0, freq: float = 500.0):
-    """(prev, next) windows of a 0.5-amplitude sine at random phases."""
-    gen = torch.Generator().manual_seed(seed)
-    phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
-    t = torch.arange(prev_len + next_len)[None]
-    x = 0.5 * torch.sin(2 * math.pi * freq * t / SR + phase)
-    return x[:, :prev_len], x[:, prev_len:]
 
 
 def tiny(**overrides) -> GanModule:
@@ -70,15 +62,9 @@ def fit(
 ) -> pl.Trainer:
     """A real Trainer on `n` tone windows, validating one batch every `val_every` batches."""
     torch.manual_seed(1)
-    data = TensorDataset(*tone_pairs(n, 100, model.chunk_len))
-    trainer = pl.Trainer(
+    data = TensorDataset(*sine_pairs(n, 100, model.chunk_len, freq=500.0))
+    trainer = tiny_trainer(
         max_steps=max_steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
         limit_val_batches=1,
         val_check_interval=val_every,
         check_val_every_n_epoch=None,
@@ -168,7 +154,7 @@ def test_fold_and_fit_left() -> None:
 def test_generator_emits_next_len_samples_from_any_prev_length() -> None:
     model = tiny(next_len=50).eval()  # not a whole number of frames (16 samples)
     z = model.generator.noise(2, generator=torch.Generator().manual_seed(0))
-    prev, _ = tone_pairs(2, 300, 0)
+    prev, _ = sine_pairs(2, 300, 0, freq=500.0)
     for length in (0, 7, 128, 300):
         out = model.generator(prev[:, :length], z)
         assert out.shape == (2, 50) and out.abs().max() <= 1.0 and torch.isfinite(out).all()
@@ -179,7 +165,7 @@ def test_generator_emits_next_len_samples_from_any_prev_length() -> None:
 
 def test_generator_uses_context_and_noise() -> None:
     model = tiny().eval()
-    prev, _ = tone_pairs(2, 128, 0)
+    prev, _ = sine_pairs(2, 128, 0, freq=500.0)
     z = model.generator.noise(2, generator=torch.Generator().manual_seed(0))
     base = model.generator(prev, z)
     assert not torch.allclose(base, model.generator(prev, torch.randn_like(z)))
@@ -193,7 +179,7 @@ def test_generator_uses_context_and_noise() -> None:
 @pytest.mark.parametrize("spectral", [False, True])
 def test_discriminators_give_logits_and_features(spectral: bool) -> None:
     model = tiny(mpd_periods=[2, 3], spectral_norm=spectral, phase_shuffle=1)
-    x = model.d_input(*tone_pairs(3, 100, 64))
+    x = model.d_input(*sine_pairs(3, 100, 64, freq=500.0))
     assert x.shape == (3, 128)
     outputs = model.discriminator(x)
     assert len(outputs) == 2 + 2
@@ -258,7 +244,7 @@ def test_feature_matching_is_l1_and_treats_real_as_constant() -> None:
 def test_multi_resolution_stft_loss() -> None:
     assert stft_resolutions(512) == [256, 128, 64] and stft_resolutions(64) == [32, 16, 8]
     loss = MultiResolutionSTFTLoss(64)
-    tone, _ = tone_pairs(4, 64, 0)
+    tone, _ = sine_pairs(4, 64, 0, freq=500.0)
     assert loss(tone, tone).item() == pytest.approx(0.0, abs=1e-6)
     quieter = loss(0.5 * tone, tone).item()
     noise = loss(0.5 * torch.randn(4, 64), tone).item()
@@ -308,7 +294,7 @@ def test_warmup_switch_is_restored_on_resume_and_checkpoints_load(tmp_path: Path
     loaded = load_module(ckpt)
     assert isinstance(loaded, GanModule) and not loaded.training
     assert (loaded.steps.g, loaded.steps.d) == (3, 0) and loaded.adversarial
-    prev, _ = tone_pairs(2, 128, 0)
+    prev, _ = sine_pairs(2, 128, 0, freq=500.0)
     expected = continue_audio(model.eval(), prev, 100, generator=torch.Generator().manual_seed(3))
     got = continue_audio(loaded, prev, 100, generator=torch.Generator().manual_seed(3))
     assert torch.equal(expected, got)
@@ -323,7 +309,7 @@ def test_warmup_switch_is_restored_on_resume_and_checkpoints_load(tmp_path: Path
 # --------------------------------------------------------------------------- generation
 def test_continue_audio_lengths_and_determinism() -> None:
     model = tiny().eval()
-    prev, _ = tone_pairs(2, 200, 0)
+    prev, _ = sine_pairs(2, 200, 0, freq=500.0)
 
     def run(seed: int = 0, source: torch.Tensor = prev, n: int = 150, **knobs) -> torch.Tensor:
         generator = torch.Generator().manual_seed(seed)
@@ -353,7 +339,7 @@ def test_learns_to_continue_a_tone() -> None:
         next_len=128, hidden=32, d_channels=8, d_max_channels=32, adv_warmup_steps=150, lr_g=1e-3
     )
     fit(model, max_steps=170, n=256, batch=16, val_every=100)
-    prev, _ = tone_pairs(4, 128, 0, seed=5)
+    prev, _ = sine_pairs(4, 128, 0, seed=5, freq=500.0)
     out = continue_audio(model.eval(), prev, 1024, generator=torch.Generator().manual_seed(0))
     assert out.shape == (4, 1024) and torch.isfinite(out).all()
     rows = out.numpy().astype(np.float64)

@@ -11,54 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import pytorch_lightning as pl
 import soundfile as sf
-import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from lofibeats.commands.generate import generate
 from lofibeats.commands.inference import load_for_inference, val_datamodule
 from lofibeats.errors import ConfigError, DataError
-from lofibeats.models.seq2seq import Seq2SeqModule
 
-REPO = Path(__file__).resolve().parents[1]
-SR = 8000
-CONTEXT, CHUNK = 128, 64
-
-
-def save_tiny_checkpoint(path: Path, **hparams) -> Path:
-    """A real (random-weight) seq2seq saved in Lightning's checkpoint format."""
-    torch.manual_seed(0)
-    module = Seq2SeqModule(
-        sr=SR, prev_len_max=CONTEXT, next_len=CHUNK, hidden=16, layers=1, embed_dim=8, **hparams
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "pytorch-lightning_version": pl.__version__,
-        },
-        path,
-    )
-    return path
-
-
-def write_tracks(folder: Path, count: int = 2, seconds: float = 2.0) -> Path:
-    """`count` short 'tracks' (a wobbling tone plus a little noise) as wav files in `folder`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    t = np.arange(round(seconds * SR)) / SR
-    for i in range(count):
-        tone = 0.3 * np.sin(2 * np.pi * (110 + 40 * i) * t) * (0.7 + 0.3 * np.sin(2 * np.pi * t))
-        sf.write(folder / f"track{i}.wav", tone + 0.01 * rng.standard_normal(t.size), SR)
-    return folder
-
-
-@pytest.fixture
-def ckpt(tmp_path: Path) -> Path:
-    return save_tiny_checkpoint(tmp_path / "outputs/2026-01-01/00-00-00_1/checkpoints/last.ckpt")
+from helpers import REPO, SR, save_tiny_checkpoint, sine, write_tracks
 
 
 def _generate(make_cfg: Callable[..., DictConfig], *overrides: str) -> tuple[list[dict], Path]:
@@ -72,9 +33,8 @@ def test_wav_prime_is_mixed_resampled_padded_and_kept(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    t = np.arange(441) / 44100  # 10 ms of stereo at 44.1 kHz: 80 samples at 8 kHz, < context
-    prime = tmp_path / "prime.wav"
-    sf.write(prime, np.stack([0.3 * np.sin(2 * np.pi * 300 * t)] * 2, axis=1), 44100)
+    prime = tmp_path / "prime.wav"  # 10 ms of stereo at 44.1 kHz: 80 samples at 8 kHz, < context
+    sf.write(prime, np.stack([sine(300, 0.3, 0.01, 44100)] * 2, axis=1), 44100)
     rows, out_dir = _generate(make_cfg, f"ckpt={ckpt}", f"prime={prime}", "prime_seconds=null")
 
     printed, notes = capsys.readouterr()
@@ -160,7 +120,7 @@ def test_decoding_knobs_are_top_level_keys(
     make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path
 ) -> None:
     prime = tmp_path / "prime.wav"
-    sf.write(prime, 0.3 * np.sin(2 * np.pi * 220 * np.arange(400) / SR), SR)
+    sf.write(prime, sine(220, 0.3, 0.05), SR)
 
     def take(folder: str, *overrides: str) -> np.ndarray:
         _, out_dir = _generate(

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src" / "lofibeats"
+from helpers import REPO
+
+SRC = REPO / "src" / "lofibeats"
 
 # Lower layers never import higher ones; a package may import any package of a lower layer.
 # (Same-layer packages are independent of each other.) This is the picture in DESIGN.md.

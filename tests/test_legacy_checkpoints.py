@@ -15,7 +15,8 @@ from lofibeats.models.checkpoint import load_module, read_checkpoint
 from lofibeats.models.configs import RETIRED_KEYS
 from lofibeats.models.sampling import Sampling
 
-LEGACY = Path(__file__).parent / "data" / "legacy"
+from helpers import LEGACY
+
 FAMILIES = {"seq2seq": "seq2seq", "frame": "seq2seq", "vseq2seq": "vseq2seq", "gan": "gan"}
 
 

@@ -8,11 +8,7 @@ import pytest
 from lofibeats.metrics.frechet import frechet_distance, frechet_logmel, logmel_stats
 from lofibeats.metrics.sanity import audio_sanity, spectral_flatness, zero_crossing_rate
 
-SR = 8000
-
-
-def _sine(freq: float, amp: float = 0.5, seconds: float = 1.0, sr: int = SR) -> np.ndarray:
-    return amp * np.sin(2 * np.pi * freq * np.arange(round(seconds * sr)) / sr)
+from helpers import SR, sine
 
 
 def _noise(seed: int, std: float = 0.2, seconds: float = 1.0) -> np.ndarray:
@@ -20,7 +16,7 @@ def _noise(seed: int, std: float = 0.2, seconds: float = 1.0) -> np.ndarray:
 
 
 def test_sine_statistics() -> None:
-    stats = audio_sanity(_sine(1000, amp=0.5), SR)
+    stats = audio_sanity(sine(1000, amp=0.5), SR)
     assert stats["rms"] == pytest.approx(0.5 / np.sqrt(2), rel=1e-3)
     assert stats["dc_offset"] == pytest.approx(0.0, abs=1e-6)
     assert stats["peak"] == pytest.approx(0.5, rel=1e-3)
@@ -39,7 +35,7 @@ def test_white_noise_flatness_is_exp_minus_gamma() -> None:
 
 
 def test_tonal_mixture_with_a_little_noise_is_ok() -> None:
-    chord = _sine(110, 0.3) + _sine(220, 0.1) + _sine(330, 0.2) + _noise(2, std=0.01)
+    chord = sine(110, 0.3) + sine(220, 0.1) + sine(330, 0.2) + _noise(2, std=0.01)
     assert audio_sanity(chord, SR)["verdict"] == "ok"
 
 
@@ -47,11 +43,11 @@ def test_tonal_mixture_with_a_little_noise_is_ok() -> None:
     ("signal", "verdict"),
     [
         (np.zeros(SR), "silent"),
-        (_sine(440, amp=1e-4), "silent"),
+        (sine(440, amp=1e-4), "silent"),
         (np.full(SR, 0.3), "dc"),
-        (_sine(440, 0.1) + 0.2, "dc"),
-        (np.clip(_sine(200, amp=3.0), -1, 1), "clipped"),
-        (_sine(440, 0.5), "ok"),
+        (sine(440, 0.1) + 0.2, "dc"),
+        (np.clip(sine(200, amp=3.0), -1, 1), "clipped"),
+        (sine(440, 0.5), "ok"),
     ],
 )
 def test_verdicts(signal: np.ndarray, verdict: str) -> None:
@@ -88,7 +84,8 @@ def test_frechet_distance_of_known_gaussians() -> None:
 
 
 def test_frechet_distance_matches_scipy_sqrtm() -> None:
-    linalg = pytest.importorskip("scipy.linalg")
+    from scipy import linalg  # the dev extra's: a reference sqrtm, not a dependency of lofibeats
+
     rng = np.random.default_rng(1)
     a, b = rng.normal(size=(2, 6, 6))
     cov_a, cov_b = a @ a.T, b @ b.T + 0.1 * np.eye(6)
@@ -102,7 +99,7 @@ def test_frechet_distance_matches_scipy_sqrtm() -> None:
 def test_frechet_logmel_orders_same_vs_different_material() -> None:
     noise_a = [_noise(seed) for seed in range(4)]
     noise_b = [_noise(seed) for seed in range(4, 8)]
-    tones = [_sine(f, 0.3) + _sine(2 * f, 0.1) for f in (110, 147, 196, 262)]
+    tones = [sine(f, 0.3) + sine(2 * f, 0.1) for f in (110, 147, 196, 262)]
     same = frechet_logmel(noise_a, noise_b, SR)
     different = frechet_logmel(noise_a, tones, SR)
     assert same >= 0.0
@@ -111,7 +108,7 @@ def test_frechet_logmel_orders_same_vs_different_material() -> None:
 
 
 def test_logmel_stats_shapes() -> None:
-    mu, cov = logmel_stats([_sine(440), _sine(880, seconds=0.5)], SR, n_mels=40)
+    mu, cov = logmel_stats([sine(440, 0.5), sine(880, 0.5, seconds=0.5)], SR, n_mels=40)
     assert mu.shape == (40,) and cov.shape == (40, 40)
     np.testing.assert_allclose(cov, cov.T)
     with pytest.raises(ValueError, match="at least one clip"):

@@ -9,6 +9,8 @@ import pytest
 from lofibeats.audio.synth import plan_corpus, render_track
 from lofibeats.metrics.music import band_flatness, beat_strength, music_stats, onset_envelope
 
+from helpers import sine
+
 SR = 16000
 SECONDS = 12.0
 
@@ -29,8 +31,7 @@ def click_track(bpm: float = 90.0, seconds: float = SECONDS, sr: int = SR) -> np
 
 def chord(seconds: float = SECONDS, sr: int = SR) -> np.ndarray:
     """A sustained Cmaj7 of four sines."""
-    t = np.arange(round(seconds * sr)) / sr
-    return sum(0.1 * np.sin(2 * np.pi * hz * t) for hz in (261.63, 329.63, 392.0, 493.88))
+    return sum(sine(hz, 0.1, seconds, sr) for hz in (261.63, 329.63, 392.0, 493.88))
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +67,7 @@ def test_sustained_chord_is_tonal_and_has_no_beat() -> None:
 
 def test_steady_tone_has_no_onsets() -> None:
     """A pure tone's only flux is STFT phase jitter, periodic with the hop: not a beat."""
-    t = np.arange(round(SECONDS * SR)) / SR
-    assert beat_strength(0.3 * np.sin(2 * np.pi * 440.0 * t), SR) == 0.0
+    assert beat_strength(sine(440.0, 0.3, SECONDS, SR), SR) == 0.0
     assert beat_strength(np.zeros(SR * 4), SR) == 0.0
     assert band_flatness(np.zeros(SR * 4), SR) == 0.0
 

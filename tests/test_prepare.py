@@ -1,12 +1,8 @@
-"""prepare: formats, rates, loudness, trimming, splits, parallel workers, bounded memory.
-
-The helpers here (tone files, a cache checker) are shared by the other test_prepare_* modules.
-"""
+"""prepare: formats, rates, loudness, trimming, splits, parallel workers, bounded memory."""
 
 from __future__ import annotations
 
 import tracemalloc
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -14,74 +10,10 @@ import pytest
 import soundfile as sf
 import soxr
 
-from lofibeats.data.manifest import Manifest
-from lofibeats.data.prepare import prepare_corpus
 from lofibeats.data.process import AudioSettings, SourceJob, process_source
-from lofibeats.data.report import PrepareReport
 from lofibeats.data.split import assign_splits
 
-SR = 22050
-OPTIONS = {
-    "workers": 1,
-    "shard_mb": 1.0,
-    "normalize_loudness": True,
-    "target_dbfs": -20.0,
-    "trim_silence": False,
-    "silence_dbfs": -60.0,
-    "val_fraction": 0.25,
-    "progress": False,
-}
-
-
-def tone(
-    seconds: float, sr: int = SR, freq: float = 440.0, amp: float = 0.3, channels: int = 1
-) -> np.ndarray:
-    """A [frames, channels] float32 sine (each channel a little detuned)."""
-    t = np.arange(round(seconds * sr)) / sr
-    cols = [amp * np.sin(2 * np.pi * freq * (1 + 0.01 * c) * t) for c in range(channels)]
-    return np.stack(cols, axis=1).astype(np.float32)
-
-
-def write_tone(path: Path, seconds: float = 0.5, sr: int = SR, **kwargs) -> Path:
-    """Write a tone; soundfile picks the format from the extension (`subtype` etc. pass through)."""
-    sf_args = {k: kwargs.pop(k) for k in ("subtype", "format") if k in kwargs}
-    if path.suffix.lower() == ".aif":
-        sf_args.setdefault("format", "AIFF")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, tone(seconds, sr, **kwargs), sr, **sf_args)
-    return path
-
-
-def prepare(raw: Path, cache: Path, rates=(8000,), **overrides) -> PrepareReport:
-    return prepare_corpus(raw, cache, list(rates), **{**OPTIONS, **overrides})
-
-
-def check_cache(sr_dir: Path) -> Manifest:
-    """The manifest, after checking the folder holds exactly it and its shards, all consistent."""
-    manifest = Manifest.load(sr_dir)
-    assert sorted(p.name for p in sr_dir.iterdir()) == sorted(["manifest.json", *manifest.shards])
-    spans = defaultdict(list)
-    for source in manifest.sources:
-        shard = np.load(sr_dir / source.shard, mmap_mode="r")
-        assert shard.dtype == np.int16 and shard.ndim == 1
-        assert source.offset >= 0 and source.offset + source.samples <= len(shard)
-        assert source.seconds == pytest.approx(source.samples / manifest.sr)
-        assert source.split in ("train", "val")
-        spans[source.shard].append((source.offset, source.offset + source.samples))
-    for ranges in spans.values():
-        ranges.sort()
-        assert all(a[1] <= b[0] for a, b in zip(ranges, ranges[1:], strict=False))
-    assert set(spans) == set(manifest.shards)
-    assert not (sr_dir.parent / ".staging").exists()
-    return manifest
-
-
-def source_audio(sr_dir: Path, rel: str) -> np.ndarray:
-    manifest = Manifest.load(sr_dir)
-    entry = next(s for s in manifest.sources if s.path == rel)
-    return np.array(
-        np.load(sr_dir / entry.shard, mmap_mode="r")[entry.offset : entry.offset + entry.samples]
-    )
+from helpers import RAW_SR, check_cache, prepare, source_audio, tone, write_tone
 
 
 def rms_dbfs(pcm: np.ndarray) -> float:
@@ -136,7 +68,7 @@ def test_loudness_normalisation_reaches_target_and_never_clips(tmp_path: Path):
     raw = tmp_path / "raw"
     write_tone(raw / "quiet.wav", 1.0, amp=0.01 * np.sqrt(2))  # -40 dBFS RMS
     loud = np.sign(tone(1.0)) * 2.0  # float file, 6 dB over full scale
-    sf.write(raw / "hot.wav", loud, SR, subtype="FLOAT")
+    sf.write(raw / "hot.wav", loud, RAW_SR, subtype="FLOAT")
 
     prepare(raw, tmp_path / "on", rates=(16000,))
     quiet = source_audio(tmp_path / "on" / "sr16000", "quiet.wav")
@@ -146,7 +78,7 @@ def test_loudness_normalisation_reaches_target_and_never_clips(tmp_path: Path):
 
     prepare(raw, tmp_path / "off", rates=(16000,), normalize_loudness=False)
     quiet_off = source_audio(tmp_path / "off" / "sr16000", "quiet.wav")
-    expected = soxr.resample(sf.read(raw / "quiet.wav", dtype="float32")[0], SR, 16000)
+    expected = soxr.resample(sf.read(raw / "quiet.wav", dtype="float32")[0], RAW_SR, 16000)
     np.testing.assert_allclose(quiet_off / 32767, expected, atol=2 / 32767)
     hot_off = source_audio(tmp_path / "off" / "sr16000", "hot.wav")
     assert hot_off.max() == 32767 and hot_off.min() == -32767  # clipped, not wrapped
@@ -155,10 +87,10 @@ def test_loudness_normalisation_reaches_target_and_never_clips(tmp_path: Path):
 def test_trim_silence_cuts_leading_and_trailing_silence_only(tmp_path: Path):
     raw = tmp_path / "raw"
     raw.mkdir()
-    gap = np.zeros((SR // 2, 1), dtype=np.float32)
+    gap = np.zeros((RAW_SR // 2, 1), dtype=np.float32)
     body = tone(1.0)
-    body[SR // 3 : SR // 2] = 0  # silence inside is kept
-    sf.write(raw / "padded.wav", np.concatenate([gap, body, gap]), SR)
+    body[RAW_SR // 3 : RAW_SR // 2] = 0  # silence inside is kept
+    sf.write(raw / "padded.wav", np.concatenate([gap, body, gap]), RAW_SR)
 
     kept = prepare(raw, tmp_path / "cache", trim_silence=True)
     assert kept.seconds == pytest.approx(1.0, abs=0.02)

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
-from test_prepare import tone, write_tone
 
 from lofibeats.audio.decode import AudioDecodeError, MonoReader
 from lofibeats.audio.loudness import (
@@ -21,6 +20,8 @@ from lofibeats.audio.loudness import (
 from lofibeats.audio.resample import MultiRateResampler
 from lofibeats.data.pack import Piece, ShardPacker, read_shard_header
 from lofibeats.errors import DataError
+
+from helpers import tone, write_tone
 
 
 def blocks_of(x: np.ndarray, seed: int = 0):

@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from test_prepare import check_cache, prepare, write_tone
 
 from lofibeats.data.prepare import ensure_prepared, prepare_from_config, resolve_cache_dir
 from lofibeats.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, check_cache, prepare, write_tone
 
 
 def run_cli(

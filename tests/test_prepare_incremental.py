@@ -10,13 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_prepare import OPTIONS, check_cache, prepare, source_audio, write_tone
 
 from lofibeats.audio.decode import MonoReader
 from lofibeats.data import process
 from lofibeats.data.cache import cache_lock
 from lofibeats.data.manifest import Manifest
 from lofibeats.data.pack import ShardPacker
+
+from helpers import PREPARE_OPTIONS, check_cache, prepare, source_audio, write_tone
 
 TINY_SHARDS = 0.001  # every 0.5 s source at 8 kHz fills a shard of its own
 FOUR_PER_SHARD = 4 * 4000 * 2 / 2**20  # four 0.5 s sources at 8 kHz per shard
@@ -262,7 +263,7 @@ print(report.decoded)
 
 
 def run_script(raw: Path, cache: Path) -> subprocess.Popen:
-    options = {**OPTIONS, "shard_mb": TINY_SHARDS}
+    options = {**PREPARE_OPTIONS, "shard_mb": TINY_SHARDS}
     code = SCRIPT.format(options=options)
     return subprocess.Popen(
         [sys.executable, "-c", code, str(raw), str(cache)],

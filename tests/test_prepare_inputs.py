@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 from rich.console import Console
-from test_prepare import SR, check_cache, prepare, tone, write_tone
 
 from lofibeats.data.scan import scan_audio
 from lofibeats.errors import DataError
+
+from helpers import RAW_SR, check_cache, prepare, tone, write_tone
 
 
 def symlink(link: Path, target: Path) -> None:
@@ -55,8 +56,8 @@ def test_bad_files_are_skipped_with_a_reason_and_valid_audio_is_all_kept(tmp_pat
     truncate(write_tone(bad / "cut.flac", 1.0))
     (bad / "notes.wav").write_text("this is a text file, not audio\n")
     wav_with_codec(bad / "odd codec.wav", 0x1234)
-    sf.write(bad / "one sample.wav", np.zeros((1, 1), np.float32) + 0.5, SR)
-    sf.write(bad / "silence.flac", np.zeros((SR, 2), np.float32), SR)
+    sf.write(bad / "one sample.wav", np.zeros((1, 1), np.float32) + 0.5, RAW_SR)
+    sf.write(bad / "silence.flac", np.zeros((RAW_SR, 2), np.float32), RAW_SR)
     symlink(raw / "loop", raw)
 
     good = {"good.wav": 0.5, "six ch 96k.wav": 0.4, "nan ünï.wav": 0.6}
@@ -66,7 +67,7 @@ def test_bad_files_are_skipped_with_a_reason_and_valid_audio_is_all_kept(tmp_pat
     nan[100:150] = np.nan
     nan[200] = np.inf
     nan[300] = -np.inf
-    sf.write(raw / "nan ünï.wav", nan, SR, subtype="FLOAT")
+    sf.write(raw / "nan ünï.wav", nan, RAW_SR, subtype="FLOAT")
 
     report = prepare(raw, tmp_path / "cache", rates=(8000, 16000))
 

@@ -15,6 +15,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from lofibeats.data.datamodule import LofiDataModule
 
+from helpers import tiny_trainer
+
 STEPS = 12  # 3 epochs of debug=fast's 4 batches, validated every 2
 
 
@@ -65,16 +67,11 @@ def _fit(data_cfg, root: Path, ckpt_path: Path | None = None, checkpoints: Path 
                 dirpath=checkpoints, filename="{step}", every_n_train_steps=1, save_top_k=-1
             )
         )
-    trainer = pl.Trainer(
+    trainer = tiny_trainer(
         max_steps=STEPS,
         val_check_interval=2,
         limit_val_batches=1,
-        accelerator="cpu",
-        logger=False,
         enable_checkpointing=checkpoints is not None,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
         default_root_dir=root,
         callbacks=callbacks,
     )

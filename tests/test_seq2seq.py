@@ -8,7 +8,6 @@ import io
 import math
 
 import pytest
-import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader, TensorDataset
@@ -24,43 +23,12 @@ from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.seq2seq_net import Seq2SeqNet
 
-SR = 8000
+from helpers import SR, sine_pairs, tiny_seq2seq, tiny_trainer
+
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
     "ignore:.*self.log.*but the `self.trainer` reference is not registered:UserWarning",
 )
-
-
-def sine_pairs(n: int, prev_len: int, next_len: int, *, seed: int = 0, freq: float = 200.0):
-    """(prev, next) windows of a 0.5-amplitude sine at random phases."""
-    gen = torch.Generator().manual_seed(seed)
-    phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
-    t = torch.arange(prev_len + next_len)[None]
-    x = 0.5 * torch.sin(2 * math.pi * freq * t / SR + phase)
-    return x[:, :prev_len], x[:, prev_len:]
-
-
-def tiny(head: str = "mulaw", **overrides) -> Seq2SeqModule:
-    torch.manual_seed(0)
-    kwargs = dict(sr=SR, prev_len_max=64, next_len=32, hidden=16, layers=1, embed_dim=8)
-    kwargs.update(head=head, warmup_steps=0)
-    kwargs.update(overrides)
-    return Seq2SeqModule(**kwargs)
-
-
-def tiny_trainer(**overrides) -> pl.Trainer:
-    kwargs = dict(
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-    )
-    kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
 
 
 # --------------------------------------------------------------------------- config
@@ -86,7 +54,7 @@ def test_config_instantiates_with_plain_hparams_in_samples(make_cfg) -> None:
 
 
 def test_network_is_a_plain_module_registered_under_net() -> None:
-    model = tiny(layers=2)
+    model = tiny_seq2seq(layers=2)
     assert type(model.net) is Seq2SeqNet and model.net.config is model.config
     assert dict(model.named_children())["net"] is model.net
     assert model.frame_size == model.net.frame_size == 1
@@ -118,7 +86,7 @@ def test_network_is_a_plain_module_registered_under_net() -> None:
 )
 def test_bad_values_raise_config_errors_naming_the_key(overrides, key) -> None:
     with pytest.raises(ConfigError) as info:
-        tiny(**overrides)
+        tiny_seq2seq(**overrides)
     assert key in str(info.value) and "\n" not in str(info.value)
 
 
@@ -149,12 +117,12 @@ def test_sampling_knobs_parse_and_greedy_rule() -> None:
 
 
 def test_init_forget_bias_and_learned_initial_state() -> None:
-    model = tiny(forget_bias=2.0, learned_init=True)
+    model = tiny_seq2seq(forget_bias=2.0, learned_init=True)
     bias = model.net.encoder.lstm.bias_ih_l0 + model.net.encoder.lstm.bias_hh_l0
     assert torch.allclose(bias[16:32], torch.full((16,), 2.0))
     assert torch.count_nonzero(bias[:16]) == 0 and torch.count_nonzero(bias[32:]) == 0
     assert "net.encoder.h0" in dict(model.named_parameters())
-    zero = tiny(learned_init=False)
+    zero = tiny_seq2seq(learned_init=False)
     assert not any("h0" in name for name, _ in zero.named_parameters())
     h, c = zero.net.encoder_state(torch.zeros(3, 0, dtype=torch.long))
     assert h.shape == (1, 3, 16) and torch.count_nonzero(h) == 0 and torch.count_nonzero(c) == 0
@@ -212,7 +180,7 @@ def test_regression_head_predictive_distribution() -> None:
 # --------------------------------------------------------------------------- teacher forcing
 @pytest.mark.parametrize("head", ["mulaw", "regression"])
 def test_decode_step_loop_equals_one_teacher_forced_pass(head: str) -> None:
-    net = tiny(head, layers=2).eval().net
+    net = tiny_seq2seq(head, layers=2).eval().net
     prev, nxt = sine_pairs(3, 40, 24)
     prev_tokens, next_tokens = net.head.tokens(prev), net.head.tokens(nxt)
     state = net.encoder_state(prev_tokens)
@@ -247,7 +215,7 @@ def test_decoder_with_conditioning_steps_like_its_full_pass() -> None:
 
 
 def test_parallel_and_exact_agree_under_full_teacher_forcing() -> None:
-    model = tiny(layers=2).eval()
+    model = tiny_seq2seq(layers=2).eval()
     prev, nxt = sine_pairs(3, 40, 24)
     prev_tokens, next_tokens = model.net.head.tokens(prev), model.net.head.tokens(nxt)
     inputs = model.net.decoder_inputs(prev_tokens, next_tokens)
@@ -262,7 +230,7 @@ def test_parallel_and_exact_agree_under_full_teacher_forcing() -> None:
 
 def _twin(mode: str, passes: int, model: Seq2SeqModule) -> Seq2SeqModule:
     tf = {"mode": mode, "passes": passes, "predictions": "greedy"}
-    twin = tiny(layers=2, teacher_forcing=tf)
+    twin = tiny_seq2seq(layers=2, teacher_forcing=tf)
     twin.load_state_dict(model.state_dict())
     return twin.eval()
 
@@ -271,7 +239,7 @@ def _twin(mode: str, passes: int, model: Seq2SeqModule) -> Seq2SeqModule:
 def test_jacobi_passes_equal_exact_autoregressive_decoding(ratio: float) -> None:
     """With greedy predictions and passes = Tn, parallel scheduled sampling reaches the fixed
     point of the step-by-step loop: same fed inputs, so the same outputs and loss."""
-    model = tiny(layers=2)
+    model = tiny_seq2seq(layers=2)
     prev, nxt = sine_pairs(4, 40, 12)
     head = model.net.head
     prev_tokens, next_tokens = head.tokens(prev), head.tokens(nxt)
@@ -290,7 +258,7 @@ def test_jacobi_passes_equal_exact_autoregressive_decoding(ratio: float) -> None
 
 @pytest.mark.parametrize("mode", ["parallel", "exact"])
 def test_scheduled_sampling_backpropagates_into_the_encoder(mode: str) -> None:
-    model = tiny(teacher_forcing={"mode": mode, "start": 0.5, "end": 0.5})
+    model = tiny_seq2seq(teacher_forcing={"mode": mode, "start": 0.5, "end": 0.5})
     prev, nxt = sine_pairs(4, 40, 12)
     loss = model.training_step((prev, nxt), 0)
     loss.backward()
@@ -301,12 +269,12 @@ def test_scheduled_sampling_backpropagates_into_the_encoder(mode: str) -> None:
 
 def test_tf_schedule_advances_per_training_batch_and_is_in_the_state_dict() -> None:
     tf = {"schedule": "linear", "start": 1.0, "end": 0.0, "steps": 10}
-    model = tiny(teacher_forcing=tf)
+    model = tiny_seq2seq(teacher_forcing=tf)
     prev, nxt = sine_pairs(4, 40, 12)
     for i in range(3):
         model.training_step((prev, nxt), i)
     assert model.tf_schedule.value() == pytest.approx(0.7)
-    fresh = tiny(teacher_forcing=tf)
+    fresh = tiny_seq2seq(teacher_forcing=tf)
     fresh.load_state_dict(model.state_dict())
     assert fresh.tf_schedule.step == 3 and fresh.tf_schedule.value() == pytest.approx(0.7)
 
@@ -322,7 +290,7 @@ def generate(model: Seq2SeqModule, prev: torch.Tensor, n: int, seed: int = 0, **
 
 
 def test_continue_audio_options() -> None:
-    model = tiny().eval()
+    model = tiny_seq2seq().eval()
     prev, _ = sine_pairs(2, 100, 0)
 
     def run(seed: int = 0, source: torch.Tensor = prev, **knobs) -> torch.Tensor:
@@ -343,7 +311,7 @@ def test_continue_audio_options() -> None:
     )
     assert torch.equal(default, run(0)) and not torch.equal(default, greedy)
     with pytest.raises(ConfigError, match="model.decoding: unknown key"):
-        tiny(decoding="greedy")
+        tiny_seq2seq(decoding="greedy")
     with pytest.raises(ConfigError, match="decoding='beam'"):
         run(0, decoding="beam")
     with pytest.raises(ConfigError, match="top_p=0"):
@@ -352,9 +320,9 @@ def test_continue_audio_options() -> None:
 
 @pytest.mark.parametrize("head", ["mulaw", "regression"])
 def test_trainer_fit_logs_metrics_and_generates(head: str) -> None:
-    model = tiny(head, warmup_steps=2)
+    model = tiny_seq2seq(head, warmup_steps=2)
     data = TensorDataset(*sine_pairs(8, 48, 16))
-    trainer = tiny_trainer()
+    trainer = tiny_trainer(gradient_clip_val=1.0)
     trainer.fit(model, DataLoader(data, batch_size=4), DataLoader(data, batch_size=4))
     metrics = trainer.callback_metrics
     expected = {"train/loss", "train/tf_ratio", "train/grad_norm", "lr", "val/loss"}
@@ -373,7 +341,7 @@ def test_trainer_fit_logs_metrics_and_generates(head: str) -> None:
 @pytest.mark.parametrize("head", ["mulaw", "regression"])
 def test_learns_to_continue_a_sine(head: str) -> None:
     """A few hundred steps on a 200 Hz sine: the mu-law model continues it (not silence/DC)."""
-    model = tiny(head, hidden=32, embed_dim=16, lr=1e-2)
+    model = tiny_seq2seq(head, hidden=32, embed_dim=16, lr=1e-2)
     opt = model.configure_optimizers()
     for step in range(300):
         prev, nxt = sine_pairs(16, 64, 32, seed=step)
@@ -393,7 +361,7 @@ def test_learns_to_continue_a_sine(head: str) -> None:
 
 
 def test_tokens_round_trip_through_the_mulaw_head() -> None:
-    head = tiny().net.head
+    head = tiny_seq2seq().net.head
     x = torch.linspace(-1, 1, 101)[None]
     assert torch.equal(head.tokens(x), quantize(x))
     assert torch.equal(head.audio(head.tokens(x)), dequantize(quantize(x)))

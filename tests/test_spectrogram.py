@@ -18,10 +18,7 @@ from lofibeats.audio.spectrogram import (
     spectrogram_figure,
 )
 
-
-def _tone(hz: float, sr: int, seconds: float = 1.0, amplitude: float = 1.0) -> np.ndarray:
-    t = np.arange(round(seconds * sr)) / sr
-    return (amplitude * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+from helpers import sine
 
 
 def _band_centres_hz(n_mels: int, sr: int) -> np.ndarray:
@@ -42,7 +39,7 @@ def test_default_sizes_scale_with_the_rate(sr: int, n_fft: int, win: int) -> Non
 
 
 def test_explicit_sizes_and_input_types_agree() -> None:
-    audio = _tone(440, 8000, 0.5)
+    audio = sine(440, seconds=0.5, sr=8000).astype(np.float32)
     spec = log_mel_spectrogram(audio, 8000, n_mels=40, n_fft=256, hop=100)
     assert spec.shape == (40, 1 + len(audio) // 100)
     np.testing.assert_allclose(
@@ -60,9 +57,9 @@ def test_explicit_sizes_and_input_types_agree() -> None:
 
 def test_levels_are_in_dbfs() -> None:
     sr = 16000
-    full_scale = log_mel_spectrogram(_tone(1000, sr), sr)[:, 5:-5]
+    full_scale = log_mel_spectrogram(sine(1000, sr=sr).astype(np.float32), sr)[:, 5:-5]
     assert full_scale.max() == pytest.approx(0.0, abs=1.5)  # a full-scale sine reads ~0 dB
-    quieter = log_mel_spectrogram(_tone(1000, sr, amplitude=0.1), sr)[:, 5:-5]
+    quieter = log_mel_spectrogram(sine(1000, 0.1, sr=sr).astype(np.float32), sr)[:, 5:-5]
     assert full_scale.max() - quieter.max() == pytest.approx(20.0, abs=0.1)
     assert np.all(log_mel_spectrogram(np.zeros(sr), sr) == FLOOR_DB)
     noise = np.random.default_rng(0).uniform(-1, 1, sr)
@@ -72,7 +69,7 @@ def test_levels_are_in_dbfs() -> None:
 
 @pytest.mark.parametrize(("sr", "hz"), [(8000, 440.0), (16000, 1000.0), (22050, 3000.0)])
 def test_a_tone_lands_in_its_mel_band(sr: int, hz: float) -> None:
-    spec = log_mel_spectrogram(_tone(hz, sr), sr)
+    spec = log_mel_spectrogram(sine(hz, sr=sr).astype(np.float32), sr)
     band = int(np.argmax(spec.mean(axis=1)))
     centres = _band_centres_hz(80, sr)
     assert band in (int(np.argmin(np.abs(centres - hz))) + d for d in (-1, 0, 1))
@@ -81,15 +78,20 @@ def test_a_tone_lands_in_its_mel_band(sr: int, hz: float) -> None:
 
 
 def test_default_filterbank_has_no_empty_bands() -> None:
+    """An empty band (an all-zero mel filter) reads the floor whatever comes in: on white noise
+    every one of the 80 default bands must hold energy."""
+    noise = np.random.default_rng(0).uniform(-1, 1, 22050)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torchaudio warns about all-zero mel filters
         for sr in (8000, 16000, 22050):
-            log_mel_spectrogram(np.zeros(sr), sr)
+            spec = log_mel_spectrogram(noise[:sr], sr)
+            assert spec.shape[0] == 80
+            assert spec.mean(axis=1).min() > FLOOR_DB + 60, sr  # noise: about -25 dB a band
 
 
 def test_figure_axes_and_split_line() -> None:
     sr = 8000
-    audio = _tone(440, sr, seconds=2.0)
+    audio = sine(440, seconds=2.0, sr=sr).astype(np.float32)
     fig = spectrogram_figure(audio, sr, title="prime | continuation", split_at=1.25)
     main, colorbar = fig.axes
     assert main.get_xlim() == pytest.approx((0.0, 2.0))
@@ -105,7 +107,11 @@ def test_figure_axes_and_split_line() -> None:
 
 def test_png_is_written(tmp_path: Path) -> None:
     path = save_spectrogram_png(
-        _tone(440, 8000), 8000, tmp_path / "nested" / "spec.png", title="t", split_at=0.5
+        sine(440, sr=8000).astype(np.float32),
+        8000,
+        tmp_path / "nested" / "spec.png",
+        title="t",
+        split_at=0.5,
     )
     assert path == tmp_path / "nested" / "spec.png"
     data = path.read_bytes()

@@ -13,14 +13,13 @@ import pytest
 import soundfile as sf
 import torch
 from omegaconf import DictConfig
-from test_vseq2seq import SR, save_checkpoint, sine, tiny
 
 from lofibeats.commands.generate import generate
 from lofibeats.errors import ConfigError, LofiError
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.style import StyleChange, StylePath, clip_latent, style_path, z_trajectory
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, RUN_CKPT, SR, save_checkpoint, save_tiny_checkpoint, sines, tiny_vseq2seq
 
 
 def two_z(batch: int = 2, dim: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,8 +61,8 @@ def test_style_path_in_chunks_equals_the_whole_trajectory() -> None:
 
 # --------------------------------------------------------------------------- long-form generation
 def test_audio_before_the_change_is_identical_and_differs_after() -> None:
-    model = tiny().eval()
-    prime, n_samples, at = sine(2, 100), 200, 100  # chunks of 32: the change is mid-chunk
+    model = tiny_vseq2seq().eval()
+    prime, n_samples, at = sines(2, 100), 200, 100  # chunks of 32: the change is mid-chunk
 
     def run(**style) -> torch.Tensor:
         path = style_path(model, prime, batch=2, n_samples=n_samples, seed=3, **style)
@@ -82,15 +81,15 @@ def test_audio_before_the_change_is_identical_and_differs_after() -> None:
 
 
 def test_clip_target_is_its_posterior_mean(tmp_path: Path) -> None:
-    model = tiny().eval()
-    clip = sine(1, 40, freq=300.0)[0]  # shorter than the context: one left-padded window
+    model = tiny_vseq2seq().eval()
+    clip = sines(1, 40, freq=300.0)[0]  # shorter than the context: one left-padded window
     sf.write(tmp_path / "clip.wav", clip.numpy(), SR, subtype="FLOAT")
     padded = torch.cat([torch.zeros(model.context_len - 40), clip])[None]
     expected = model.net.posterior(model.net.head.tokens(padded))[0][0]
     assert torch.allclose(clip_latent(model, tmp_path / "clip.wav"), expected, atol=1e-6)
     path = style_path(
         model,
-        sine(2, 100),
+        sines(2, 100),
         batch=2,
         n_samples=64,
         change_at=0.001,
@@ -118,14 +117,14 @@ def test_clip_target_is_its_posterior_mean(tmp_path: Path) -> None:
 )
 def test_bad_style_options_are_one_line_config_errors(style, message) -> None:
     with pytest.raises(LofiError) as info:
-        style_path(tiny().eval(), None, batch=1, n_samples=64, **style)
+        style_path(tiny_vseq2seq().eval(), None, batch=1, n_samples=64, **style)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 def test_style_change_needs_z_at_every_step() -> None:
     with pytest.raises(ConfigError, match="model.z_every_step=false"):
         style_path(
-            tiny(z_every_step=False).eval(),
+            tiny_vseq2seq(z_every_step=False).eval(),
             None,
             batch=1,
             n_samples=64,
@@ -137,7 +136,8 @@ def test_style_change_needs_z_at_every_step() -> None:
 # --------------------------------------------------------------------------- generate.py
 @pytest.fixture
 def ckpt(tmp_path: Path) -> Path:
-    return save_checkpoint(tmp_path / "outputs/2026-01-01/00-00-00_1/checkpoints/last.ckpt")
+    """This module's `ckpt` is a vseq2seq (conftest's is a seq2seq)."""
+    return save_checkpoint(tmp_path / RUN_CKPT, tiny_vseq2seq())
 
 
 def test_generate_with_creativity_and_style_change_keeps_the_prefix(
@@ -189,15 +189,13 @@ def test_generate_refuses_latent_options_it_cannot_honour(
                 ],
             )
         )
-    from test_generate_cli import save_tiny_checkpoint  # a seq2seq checkpoint
-
-    seq2seq = save_tiny_checkpoint(tmp_path / "seq2seq.ckpt")
+    seq2seq = save_tiny_checkpoint(tmp_path / "seq2seq.ckpt")  # a seq2seq checkpoint
     with pytest.raises(ConfigError, match="creativity: only vseq2seq models have a latent z"):
         generate(make_cfg("generate", [*base, f"ckpt={seq2seq}", "creativity=1"]))
 
 
 def test_cli_subprocess_with_a_style_change_to_a_clip(ckpt: Path, tmp_path: Path) -> None:
-    sf.write(tmp_path / "target.wav", sine(1, 400, freq=500.0)[0].numpy(), SR)
+    sf.write(tmp_path / "target.wav", sines(1, 400, freq=500.0)[0].numpy(), SR)
     result = subprocess.run(
         [sys.executable, "generate.py", "ckpt=last", "seconds=0.05", "prime=none", "n=1", "progress=false",
          "style_change_at=0.02", f"style_target={tmp_path / 'target.wav'}", f"paths.root_dir={tmp_path}"],

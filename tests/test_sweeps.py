@@ -13,7 +13,6 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import CONF, REPO
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -26,6 +25,8 @@ from lofibeats.training.precision import cpu_lacks_onednn_kernels
 from lofibeats.training.search import ResumableTPESampler
 from lofibeats.training.status import JobStatus, failure_reason
 from lofibeats.training.sweep import SUMMARY_CSV, SUMMARY_MD, SweepSummary, write_summary
+
+from helpers import CONF, REPO
 
 # what every subprocess run adds: the tiny debug model, 2 steps, no audio generation
 FAST = ["debug=fast", "callbacks.audio_samples=null", "trainer.max_steps=2"]

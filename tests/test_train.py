@@ -16,6 +16,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from lofibeats.callbacks.nonfinite import NonFiniteLossError, StopOnNonFiniteLoss
 from lofibeats.commands.train import train
 
+from helpers import REPO, tiny_trainer
+
 
 def _tensorboard_tags(run_dir: Path) -> dict[str, list[str]]:
     tags: dict[str, list[str]] = {}
@@ -106,15 +108,7 @@ class _NaNModule(pl.LightningModule):
 
 def test_nonfinite_loss_stops_with_one_line() -> None:
     data = torch.utils.data.DataLoader(torch.zeros(8, 1), batch_size=2)
-    trainer = pl.Trainer(
-        max_steps=5,
-        callbacks=[StopOnNonFiniteLoss()],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-    )
+    trainer = tiny_trainer(max_steps=5, callbacks=[StopOnNonFiniteLoss()])
     with pytest.raises(NonFiniteLossError) as info:
         trainer.fit(_NaNModule(), data)
     message = str(info.value)
@@ -127,7 +121,6 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path, make_cfg)
     import sys
     import time
 
-    repo = Path(__file__).resolve().parents[1]
     command = [
         sys.executable,
         "train.py",
@@ -137,7 +130,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path: Path, make_cfg)
         "trainer.val_check_interval=2",
         "callbacks.audio_samples.n_primes=0",
     ]
-    process = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 120
         found: list[Path] = []

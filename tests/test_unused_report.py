@@ -7,10 +7,11 @@ import io
 from pathlib import Path
 
 from rich.console import Console
-from test_prepare import prepare, write_tone
 
 from lofibeats.data.report import MAX_LISTED, UNUSED_NAME, read_unused_list
 from lofibeats.data.scan import scan_audio
+
+from helpers import prepare, write_tone
 
 
 def screen(report) -> str:

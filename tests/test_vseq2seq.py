@@ -32,8 +32,9 @@ from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.models.vseq2seq_net import VSeq2SeqNet
 
-SR = 8000
-PREV, NEXT = 64, 32
+from helpers import SR, save_checkpoint, sines, tiny_trainer, tiny_vseq2seq, write_tracks
+
+PREV, NEXT = 64, 32  # tiny_vseq2seq's context and chunk
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
     "ignore:.*self.log.*but the `self.trainer` reference is not registered:UserWarning",
@@ -41,21 +42,6 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:You're resuming from a checkpoint that ended before the epoch ended",
     "ignore:You defined a `validation_step` but have no `val_dataloader`",
 )
-
-
-def tiny(head: str = "mulaw", **overrides) -> VSeq2SeqModule:
-    torch.manual_seed(0)
-    kwargs = dict(sr=SR, prev_len_max=PREV, next_len=NEXT, hidden=16, layers=1, embed_dim=8)
-    kwargs.update(head=head, warmup_steps=0, latent_dim=4)
-    kwargs.update(overrides)
-    return VSeq2SeqModule(**kwargs)
-
-
-def sine(n: int, length: int, *, freq: float = 200.0, seed: int = 0) -> torch.Tensor:
-    """[n, length] 0.5-amplitude sines at random phases."""
-    gen = torch.Generator().manual_seed(seed)
-    phase = torch.rand(n, 1, generator=gen) * 2 * math.pi
-    return 0.5 * torch.sin(2 * math.pi * freq * torch.arange(length)[None] / SR + phase)
 
 
 def square(n: int, length: int, *, freq: float = 500.0, seed: int = 0) -> torch.Tensor:
@@ -71,31 +57,8 @@ def pairs(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x[:, :PREV], x[:, PREV : PREV + NEXT]
 
 
-def tiny_trainer(**overrides) -> pl.Trainer:
-    kwargs = dict(
-        max_steps=3,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        num_sanity_val_steps=0,
-        gradient_clip_val=1.0,
-    )
-    kwargs.update(overrides)
-    return pl.Trainer(**kwargs)
-
-
-def save_checkpoint(path: Path, **overrides) -> Path:
-    module = tiny(**overrides)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}
-    torch.save({**state, "pytorch-lightning_version": pl.__version__}, path)
-    return path
-
-
 def loader() -> DataLoader:
-    return DataLoader(TensorDataset(*pairs(sine(8, PREV + NEXT))), batch_size=4)
+    return DataLoader(TensorDataset(*pairs(sines(8, PREV + NEXT))), batch_size=4)
 
 
 # --------------------------------------------------------------------------- config
@@ -142,22 +105,22 @@ def test_config_composes_on_seq2seq_with_plain_hparams(make_cfg) -> None:
 )
 def test_bad_values_raise_config_errors_naming_the_key(overrides, key) -> None:
     with pytest.raises(ConfigError) as info:
-        tiny(**overrides)
+        tiny_vseq2seq(**overrides)
     assert key in str(info.value) and "\n" not in str(info.value)
 
 
 def test_network_is_the_seq2seq_network_plus_the_latent_pieces() -> None:
-    model = tiny(layers=2)
+    model = tiny_vseq2seq(layers=2)
     net = model.net
     assert isinstance(model, Seq2SeqModule) and dict(model.named_children())["net"] is net
     keys = set(model.state_dict())
     assert {"net.posterior_head.proj.weight", "net.latent_to_state.proj.weight"} <= keys
     assert all(k.startswith(("net.", "tf_schedule.", "kl_schedule.")) for k in keys), keys
-    assert net.decoder.cond_dim == 4 and tiny(z_every_step=False).net.decoder.cond_dim == 0
+    assert net.decoder.cond_dim == 4 and tiny_vseq2seq(z_every_step=False).net.decoder.cond_dim == 0
     z = torch.randn(3, 4)
     h, c = net.latent_state(z)
     assert h.shape == c.shape == (2, 3, 16)
-    assert net.cond(z) is z and tiny(z_every_step=False).net.cond(z) is None
+    assert net.cond(z) is z and tiny_vseq2seq(z_every_step=False).net.cond(z) is None
 
 
 # --------------------------------------------------------------------------- latent pieces
@@ -231,8 +194,8 @@ def test_kl_schedule_counts_its_steps_in_the_state_dict() -> None:
 
 # --------------------------------------------------------------------------- training
 def test_input_dropout_and_noise_corrupt_teacher_forced_inputs_in_training_only() -> None:
-    model = tiny(input_dropout=0.5)
-    tokens = model.net.head.tokens(sine(4, 500))
+    model = tiny_vseq2seq(input_dropout=0.5)
+    tokens = model.net.head.tokens(sines(4, 500))
     silence = model.net.head.tokens(torch.zeros(1)).item()
     model.train()
     dropped = model.corrupt_inputs(tokens)
@@ -240,16 +203,16 @@ def test_input_dropout_and_noise_corrupt_teacher_forced_inputs_in_training_only(
     assert 0.4 < share.item() < 0.6
     assert torch.equal(dropped[dropped != silence], tokens[dropped != silence])
     assert torch.equal(model.eval().corrupt_inputs(tokens), tokens)
-    noisy = tiny("regression", input_dropout=0.0, input_noise=0.1).train()
-    values = sine(4, 500)
+    noisy = tiny_vseq2seq("regression", input_dropout=0.0, input_noise=0.1).train()
+    values = sines(4, 500)
     diff = noisy.corrupt_inputs(values) - values
     assert diff.std().item() == pytest.approx(0.1, rel=0.1)
 
 
 @pytest.mark.parametrize("head", ["mulaw", "regression"])
 def test_trainer_fit_logs_finite_losses_and_advances_beta(head: str) -> None:
-    model = tiny(head, kl={"steps": 4})
-    trainer = tiny_trainer()
+    model = tiny_vseq2seq(head, kl={"steps": 4})
+    trainer = tiny_trainer(gradient_clip_val=1.0)
     trainer.fit(model, loader(), loader())
     metrics = trainer.callback_metrics
     expected = {"train/loss", "train/recon", "train/kl", "train/beta", "train/tf_ratio"}
@@ -262,9 +225,9 @@ def test_trainer_fit_logs_finite_losses_and_advances_beta(head: str) -> None:
 
 
 def test_val_loss_is_the_elbo_in_bits_per_sample() -> None:
-    model = tiny()
-    prev, nxt = pairs(sine(6, PREV + NEXT, seed=3))
-    trainer = tiny_trainer()
+    model = tiny_vseq2seq()
+    prev, nxt = pairs(sines(6, PREV + NEXT, seed=3))
+    trainer = tiny_trainer(gradient_clip_val=1.0)
     (result,) = trainer.validate(
         model, DataLoader(TensorDataset(prev, nxt), batch_size=6), verbose=False
     )
@@ -283,15 +246,17 @@ def test_val_loss_is_the_elbo_in_bits_per_sample() -> None:
 
 def test_resume_restores_the_kl_schedule_and_load_module_rebuilds(tmp_path: Path) -> None:
     checkpoints = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
-    model = tiny(kl={"steps": 10, "end": 1.0})
-    tiny_trainer(enable_checkpointing=True, callbacks=[checkpoints]).fit(model, loader())
+    model = tiny_vseq2seq(kl={"steps": 10, "end": 1.0})
+    tiny_trainer(gradient_clip_val=1.0, enable_checkpointing=True, callbacks=[checkpoints]).fit(
+        model, loader()
+    )
     last = tmp_path / "last.ckpt"
     assert torch.load(last, weights_only=True)["state_dict"]["kl_schedule._extra_state"] == {
         "step": 3
     }
 
-    resumed = tiny(kl={"steps": 10, "end": 1.0})
-    trainer = tiny_trainer(max_steps=5)
+    resumed = tiny_vseq2seq(kl={"steps": 10, "end": 1.0})
+    trainer = tiny_trainer(gradient_clip_val=1.0, max_steps=5)
     trainer.fit(resumed, loader(), ckpt_path=last, weights_only=True)
     assert resumed.kl_schedule.step == 5 and trainer.global_step == 5
     assert trainer.callback_metrics["train/beta"] == pytest.approx(0.4)  # the 5th step: step 4
@@ -313,8 +278,8 @@ def generate(model: VSeq2SeqModule, prev: torch.Tensor, n: int, **options) -> to
 
 
 def test_creativity_zero_uses_the_posterior_mean_and_more_adds_noise() -> None:
-    model = tiny().eval()
-    prev = sine(2, 100)
+    model = tiny_vseq2seq().eval()
+    prev = sines(2, 100)
 
     def run(seed: int, **options) -> torch.Tensor:
         gen = torch.Generator().manual_seed(seed)
@@ -341,7 +306,7 @@ def test_creativity_zero_uses_the_posterior_mean_and_more_adds_noise() -> None:
 
 
 def test_z_conditions_every_step_only_when_asked() -> None:
-    prev = sine(2, 100)
+    prev = sines(2, 100)
 
     def first_vs_later_z(model: VSeq2SeqModule) -> tuple[bool, bool]:
         z = model.net.latent_from_audio(prev[:, -PREV:]).expand(2, -1)
@@ -351,23 +316,23 @@ def test_z_conditions_every_step_only_when_asked() -> None:
         moved = generate(model, prev, 30, z=path, sampling=GREEDY)
         return torch.equal(same[:, :10], moved[:, :10]), torch.equal(same, moved)
 
-    assert first_vs_later_z(tiny().eval()) == (True, False)
-    assert first_vs_later_z(tiny(z_every_step=False).eval()) == (True, True)
+    assert first_vs_later_z(tiny_vseq2seq().eval()) == (True, False)
+    assert first_vs_later_z(tiny_vseq2seq(z_every_step=False).eval()) == (True, True)
 
 
 def test_two_styles_get_distinct_posteriors_that_the_decoder_uses() -> None:
     """200 Hz sines vs 500 Hz squares, 150 plain training steps: the styles' mean mu lie further
     apart than their spread, and decoding one style with the other's z reconstructs worse."""
-    model = tiny(lr=1e-2, input_dropout=0.5, kl={"steps": 50})
+    model = tiny_vseq2seq(lr=1e-2, input_dropout=0.5, kl={"steps": 50})
     opt = model.configure_optimizers()
     for step in range(150):
-        batch = torch.cat([sine(8, PREV + NEXT, seed=step), square(8, PREV + NEXT, seed=step)])
+        batch = torch.cat([sines(8, PREV + NEXT, seed=step), square(8, PREV + NEXT, seed=step)])
         loss = model.training_step(pairs(batch), step)
         opt.zero_grad()
         loss.backward()
         opt.step()
     model.eval()
-    a, b = sine(32, PREV + NEXT, seed=10**6), square(32, PREV + NEXT, seed=10**6)
+    a, b = sines(32, PREV + NEXT, seed=10**6), square(32, PREV + NEXT, seed=10**6)
     with torch.no_grad():
         net = model.net
         mu_a, mu_b = (net.posterior(net.head.tokens(x[:, :PREV]))[0] for x in (a, b))
@@ -391,7 +356,7 @@ class ValClips(pl.LightningDataModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.audio = sine(1, 4000, seed=9)[0]
+        self.audio = sines(1, 4000, seed=9)[0]
 
     def train_dataloader(self) -> DataLoader:
         return loader()
@@ -412,11 +377,12 @@ def wav_samples(encoded: bytes) -> np.ndarray:
 def test_latent_samples_logs_the_kl_histogram_and_z_sample_audio(tmp_path: Path) -> None:
     """After each validation (not the sanity check): `latent/kl_per_dim` and `z_samples/<i>`,
     the first val prime followed by a continuation with the i-th posterior sample of z."""
-    model = tiny()
+    model = tiny_vseq2seq()
     callback = LatentSamples(n=3, prime_seconds=0.01, seconds=0.02)  # 80 + 160 samples
     logger = TensorBoardLogger(tmp_path, name="tb", version=0)
     datamodule = ValClips()
     trainer = tiny_trainer(
+        gradient_clip_val=1.0,
         max_steps=2,
         logger=logger,
         log_every_n_steps=1,
@@ -454,9 +420,7 @@ def test_latent_samples_logs_the_kl_histogram_and_z_sample_audio(tmp_path: Path)
 
 
 def test_eval_reports_the_elbo_and_active_units(make_cfg, tmp_path: Path) -> None:
-    from test_generate_cli import write_tracks
-
-    ckpt = save_checkpoint(tmp_path / "model.ckpt")
+    ckpt = save_checkpoint(tmp_path / "model.ckpt", tiny_vseq2seq())
     raw_dir = write_tracks(tmp_path / "raw")
     fast = ["progress=false", "n=2", "seconds=0.05", "prime_seconds=0.02", "data.val_windows=4"]
     result = evaluate(
