@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
     {"generation", "metrics"},
     {"callbacks", "training", "runs"},
     {"cli"},
-    {"commands"},
+    {"commands", "live"},
 ]
 
 

@@ -1,0 +1,110 @@
+"""Runs for the lofibeats live tests (no tests here): tiny random-weight models saved as real
+Lightning checkpoints in the layout train.py leaves (`outputs/<run>/checkpoints/last.ckpt`,
+`status.json`, `config_resolved.yaml`), trained on a folder of short tracks so that val
+clips (primes, style targets) come from real prepared data."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import soundfile as sf
+import torch
+import yaml
+from conftest import compose_config
+from omegaconf import OmegaConf
+
+from lofibeats.live.player import PlayerSettings
+from lofibeats.live.server import LiveSettings
+from lofibeats.models.gan import GanModule
+from lofibeats.models.seq2seq import Seq2SeqModule
+from lofibeats.models.vseq2seq import VSeq2SeqModule
+
+SR = 8000
+SMALL = dict(sr=SR, prev_len_max=128, next_len=64, hidden=16, layers=1, embed_dim=8)
+
+
+def write_tracks(folder: Path, count: int = 3, seconds: float = 3.0) -> Path:
+    """`count` short tracks (chords of wobbling tones plus a little noise) as wav files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    t = np.arange(round(seconds * SR)) / SR
+    for i in range(count):
+        tone = sum(np.sin(2 * np.pi * f * (1 + i / 9) * t) for f in (110, 165, 220)) / 3
+        tone *= 0.3 * (0.7 + 0.3 * np.sin(2 * np.pi * 2 * t))
+        sf.write(folder / f"track{i}.wav", tone + 0.01 * rng.standard_normal(t.size), SR)
+    return folder
+
+
+def data_config(root: Path) -> dict:
+    """The data config of a run on `write_tracks` audio (what a checkpoint remembers)."""
+    raw = write_tracks(root / "raw")
+    overrides = [f"data.raw_dir={raw.as_posix()}", "data.prepare_workers=1"]
+    cfg = compose_config("live", overrides, root)
+    return OmegaConf.to_container(cfg.data, resolve=True)
+
+
+def write_run(
+    outputs: Path, name: str, module: pl.LightningModule, data: dict, bits: float | None = 7.5
+) -> Path:
+    """`outputs/<name>/` as train.py leaves it; the path of its last.ckpt."""
+    run = outputs / name
+    ckpt = run / "checkpoints" / "last.ckpt"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "state_dict": module.state_dict(),
+            "hyper_parameters": dict(module.hparams),
+            "datamodule_hyper_parameters": data,
+            "pytorch-lightning_version": pl.__version__,
+        },
+        ckpt,
+    )
+    hparams = dict(module.hparams)
+    config = {"data": {**data, "sr": hparams["sr"]}, "model": hparams}
+    (run / "config_resolved.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    metrics = {} if bits is None else {"val/loss": bits, "val/bits_per_sample": bits}
+    status = {"status": "ok", "metrics": metrics, "steps": 12, "overrides": [f"model={name}"]}
+    (run / "status.json").write_text(json.dumps(status), encoding="utf-8")
+    return ckpt
+
+
+def make_runs(root: Path) -> dict[str, Path]:
+    """Runs of every kind under `root/outputs`: {kind: last.ckpt} for seq2seq, vseq2seq,
+    frame (a seq2seq with the frame tier) and gan."""
+    data = data_config(root)
+    outputs = root / "outputs"
+    modules = {
+        "seq2seq": lambda: Seq2SeqModule(**SMALL),
+        "vseq2seq": lambda: VSeq2SeqModule(**SMALL, latent_dim=4),
+        "frame": lambda: Seq2SeqModule(**SMALL, frame_size=8, sample_hidden=16),
+        "gan": lambda: GanModule(
+            sr=SR, prev_len_max=128, next_len=64, hidden=16, layers=1, ratios=[4, 4]
+        ),
+    }
+    runs = {}
+    for i, (kind, build) in enumerate(modules.items()):
+        torch.manual_seed(0)
+        bits = None if kind == "gan" else 7.25 + i / 4
+        runs[kind] = write_run(outputs, f"2026-01-01/00-00-0{i}_{kind}", build(), data, bits)
+    return runs
+
+
+def settings(root: Path, **changes) -> LiveSettings:
+    """LiveSettings for the runs under `root/outputs` (seq2seq by default)."""
+    player = {k: changes.pop(k) for k in list(changes) if k in PlayerSettings.__annotations__}
+    default = changes.pop("default_ckpt", None)
+    return LiveSettings(
+        outputs_dir=root / "outputs",
+        default_ckpt=default,
+        player=PlayerSettings(**{"ahead_seconds": 1.0, **player}),
+        knobs={"temperature": 0.9, "top_p": None},
+        **changes,
+    )
+
+
+def shelf() -> Path:
+    return Path(tempfile.mkdtemp(prefix="lofibeats-live-test-"))
