@@ -1,0 +1,109 @@
+"""Benchmark a long streamed take: real-time factor and memory minute by minute.
+
+    python benchmarks/stream.py [--minutes 10] [--sr 16000] [--threads 1]
+
+Two models with random weights (speed does not depend on the weights), one stream each, read in
+0.5-s pieces as a player would:
+
+- sample-level: a 2 x 256 mu-law seq2seq (frame_size 1), context 1024, chunk 1024;
+- tiered: the same LSTMs with frame_size 16 and a slow top tier top_frame_size 256.
+
+For each, `carry=state` (the encoder's running state moves on over every new chunk) and
+`carry=window` (every chunk re-encodes the last `context_len` samples). Printed per minute of
+audio: the real-time factor (audio seconds per wall second) and the process's resident memory;
+then minute N's cost per sample against minute 1's (flat = 1.00) and the streamed rate against
+the baseline measured in the same run: the bare fused decode of one chunk after another from one
+encoded state (`backend.decode`, no encoder, no stream bookkeeping).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lofibeats.generation.stream import Stream
+from lofibeats.models.sampling import Sampling
+from lofibeats.models.seq2seq import Seq2SeqModule
+
+READ_S = 0.5
+
+
+def rss_mb() -> float:
+    """Resident memory of this process in MB (Linux /proc; 0 where it cannot be read)."""
+    status = Path("/proc/self/status")
+    if not status.exists():
+        return 0.0
+    for line in status.read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def build(sr: int, tiered: bool) -> Seq2SeqModule:
+    torch.manual_seed(0)
+    frames = {"frame_size": 16, "top_frame_size": 256} if tiered else {}
+    return Seq2SeqModule(
+        sr=sr, prev_len_max=1024, next_len=1024, hidden=256, layers=2, **frames
+    ).eval()
+
+
+def bare_decode_rate(module: Seq2SeqModule, seconds: float) -> float:
+    """Samples/s of the fused backend alone, chunk after chunk from one encoded state."""
+    stream = Stream(module, torch.zeros(1, module.context_len), carry="state")
+    backend, net = stream.continuation.backend, module.net
+    start = net.start(stream.history, module.chunk_len)
+    n, done = module.chunk_len, 0
+    began = time.perf_counter()
+    with torch.inference_mode():
+        while done < seconds * module.sample_rate:
+            backend.decode(start, n, Sampling(), stream.generator)
+            done += n
+    return done / (time.perf_counter() - began)
+
+
+def minutes_of(module: Seq2SeqModule, carry: str, minutes: float) -> list[tuple[float, float]]:
+    """(RTF, RSS MB) of each minute of one streamed take."""
+    sr = module.sample_rate
+    prime = 0.1 * torch.sin(torch.arange(module.context_len) * 0.05)[None]
+    stream = Stream(module, prime, sampling=Sampling(0.9), carry=carry)
+    piece, per_minute = round(READ_S * sr), round(60 * sr)
+    rows = []
+    for _ in range(max(1, round(minutes))):
+        began, done = time.perf_counter(), 0
+        while done < per_minute:
+            done += stream.read(min(piece, per_minute - done)).shape[1]
+        rows.append((60.0 / (time.perf_counter() - began), rss_mb()))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="audio minutes per take")
+    parser.add_argument("--sr", type=int, default=16000)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"python {' '.join(sys.argv)}  (threads {args.threads}, {args.sr} Hz)")
+    for name, tiered in (("sample-level 2x256", False), ("tiered 16/256 2x256", True)):
+        module = build(args.sr, tiered)
+        baseline = bare_decode_rate(module, seconds=5.0)
+        print(f"\n{name}: bare fused decode {baseline / args.sr:.2f}x real time (baseline)")
+        print(
+            f"{'carry':7} {'minute':>6} {'RTF':>7} {'RSS MB':>8} {'cost vs min 1':>14} {'vs baseline':>12}"
+        )
+        for carry in ("state", "window"):
+            rows = minutes_of(module, carry, args.minutes)
+            first = rows[0][0]
+            for minute, (rtf, rss) in enumerate(rows, start=1):
+                print(
+                    f"{carry:7} {minute:>6} {rtf:>6.2f}x {rss:>8.0f} {first / rtf:>14.2f} "
+                    f"{rtf * args.sr / baseline:>12.2f}"
+                )
+
+
+if __name__ == "__main__":
+    main()
