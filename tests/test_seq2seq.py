@@ -365,3 +365,20 @@ def test_tokens_round_trip_through_the_mulaw_head() -> None:
     x = torch.linspace(-1, 1, 101)[None]
     assert torch.equal(head.tokens(x), quantize(x))
     assert torch.equal(head.audio(head.tokens(x)), dequantize(quantize(x)))
+
+
+def test_input_corruption_trains_on_imperfect_inputs_only() -> None:
+    """model.input_dropout / input_noise: in training some teacher-forced inputs become silence
+    or get noise, so the decoder leans on the encoder; evaluation sees the inputs as they are."""
+    model = tiny_seq2seq(input_dropout=0.5, input_noise=0.05)
+    inputs = model.net.head.tokens(torch.full((4, 400), 0.5))
+    model.train()
+    corrupted = model.corrupt_inputs(inputs)
+    silence = model.net.silence(1, inputs.device)
+    dropped = (corrupted == silence).float().mean().item()
+    assert 0.4 < dropped < 0.6
+    assert not torch.equal(corrupted[corrupted != silence], inputs[corrupted != silence])
+    model.eval()
+    assert torch.equal(model.corrupt_inputs(inputs), inputs)
+    with pytest.raises(ConfigError, match="model.input_dropout"):
+        tiny_seq2seq(input_dropout=1.0)

@@ -98,6 +98,8 @@ class Seq2SeqConfig(ModelConfig):
     frame_size: int = 1
     sample_hidden: int = 64
     top_frame_size: int | None = None  # the encoder's frame (a slow top tier); None = frame_size
+    input_dropout: float = 0.0  # P(a teacher-forced decoder input becomes silence), training only
+    input_noise: float = 0.0  # std of gaussian noise on teacher-forced inputs (audio units)
 
     @classmethod
     def parse(cls, **given: Any) -> Seq2SeqConfig:
@@ -143,6 +145,10 @@ class Seq2SeqConfig(ModelConfig):
             "teacher_forcing": _teacher_forcing(values["teacher_forcing"]),
             "frame_size": frame_size,
             "top_frame_size": top,
+            "input_dropout": number(
+                values["input_dropout"], "model.input_dropout", low=0.0, high=1.0, high_open=True
+            ),
+            "input_noise": number(values["input_noise"], "model.input_noise", low=0.0),
             "sample_hidden": number(
                 values["sample_hidden"], "model.sample_hidden", kind=int, low=1
             ),
@@ -169,7 +175,6 @@ class VSeq2SeqConfig(Seq2SeqConfig):
     z_every_step: bool = True
     kl: dict[str, Any] = field(default_factory=lambda: dict(KL_DEFAULTS))
     input_dropout: float = 0.1
-    input_noise: float = 0.0
 
     @classmethod
     def _checked(cls, values: dict[str, Any]) -> dict[str, Any]:
@@ -186,10 +191,6 @@ class VSeq2SeqConfig(Seq2SeqConfig):
             "latent_dim": number(values["latent_dim"], "model.latent_dim", kind=int, low=1),
             "z_every_step": bool(values["z_every_step"]),
             "kl": kl,
-            "input_dropout": number(
-                values["input_dropout"], "model.input_dropout", low=0.0, high=1.0, high_open=True
-            ),
-            "input_noise": number(values["input_noise"], "model.input_noise", low=0.0),
         }
 
 

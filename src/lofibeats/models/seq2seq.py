@@ -155,6 +155,22 @@ class Seq2SeqModule(LofiModule):
                 x = torch.where(truth[:, t + k : t + 2 * k], inputs[:, t + k : t + 2 * k], own)
         return torch.cat(outs, dim=1)
 
+    def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
+        """In training mode: gaussian noise (`input_noise`, audio units) on the teacher-forced
+        inputs, then each replaced by silence with probability `input_dropout`, so the decoder
+        cannot just copy its inputs and must lean on what the encoder (vseq2seq: z) tells it,
+        and learns to cope with imperfect inputs like its own samples. Identity in eval mode."""
+        noise, dropout = self.config.input_noise, self.config.input_dropout
+        if not self.training or (noise == 0 and dropout == 0):
+            return inputs
+        head = self.net.head
+        audio = head.audio(inputs)
+        if noise > 0:
+            audio = (audio + noise * torch.randn_like(audio)).clamp(-1.0, 1.0)
+        if dropout > 0:
+            audio = audio.masked_fill(torch.rand_like(audio) < dropout, 0.0)
+        return head.tokens(audio)
+
     # ----------------------------------------------------------------- Lightning hooks
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int):
         """A (prev, next) batch, or (prev, next, reset) in data.mode=stream: then the encoder
@@ -164,7 +180,7 @@ class Seq2SeqModule(LofiModule):
         head = self.net.head
         prev_tokens, next_tokens = head.tokens(prev), head.tokens(nxt)
         state = self.encode_carried(prev_tokens, stream[0] if stream else None)
-        inputs = self.net.decoder_inputs(prev_tokens, next_tokens)
+        inputs = self.corrupt_inputs(self.net.decoder_inputs(prev_tokens, next_tokens))
         out = self.teacher_forced(inputs, state, ratio)
         loss = head.loss(out, next_tokens)
         self.tf_schedule.advance()

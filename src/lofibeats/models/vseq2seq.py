@@ -69,10 +69,8 @@ class ElboTerms:
 
 class VSeq2SeqModule(Seq2SeqModule):
     """Trains a `VSeq2SeqNet`; plain config values only (conf/model/vseq2seq.yaml, checked by
-    `VSeq2SeqConfig`): every seq2seq key plus `latent_dim`, `z_every_step`, `kl`,
-    `input_dropout` (probability of replacing a teacher-forced decoder input with silence,
-    against posterior collapse) and `input_noise` (std of gaussian noise added to teacher-forced
-    inputs, in audio units; mu-law inputs are re-quantised)."""
+    `VSeq2SeqConfig`): every seq2seq key plus `latent_dim`, `z_every_step` and `kl`; its
+    `input_dropout` defaults to 0.1, against posterior collapse."""
 
     config_class: ClassVar[type[VSeq2SeqConfig]] = VSeq2SeqConfig
     v01_net_prefixes = (*NET_PREFIXES, "posterior_head.", "latent_to_state.")
@@ -98,21 +96,6 @@ class VSeq2SeqModule(Seq2SeqModule):
         return VSeq2SeqNet(self.config)
 
     # ----------------------------------------------------------------- training
-    def corrupt_inputs(self, inputs: torch.Tensor) -> torch.Tensor:
-        """In training mode: gaussian noise (`input_noise`, audio units) on the teacher-forced
-        inputs, then each replaced by silence with probability `input_dropout` (the decoder
-        must lean on z instead of copying its inputs). Identity in eval mode."""
-        noise, dropout = self.config.input_noise, self.config.input_dropout
-        if not self.training or (noise == 0 and dropout == 0):
-            return inputs
-        head = self.net.head
-        audio = head.audio(inputs)
-        if noise > 0:
-            audio = (audio + noise * torch.randn_like(audio)).clamp(-1.0, 1.0)
-        if dropout > 0:
-            audio = audio.masked_fill(torch.rand_like(audio) < dropout, 0.0)
-        return head.tokens(audio)
-
     def elbo_terms(
         self,
         prev: torch.Tensor,
