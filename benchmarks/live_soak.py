@@ -2,7 +2,7 @@
 checkpoint to listeners for minutes, against a bare `Stream.read` of the same model.
 
     python benchmarks/live_soak.py [--ckpt last|PATH] [--minutes 10] [--streams 1]
-        [--carry window|state] [--browser] [--screenshot docs/live.png]
+        [--carry auto|window|state] [--browser] [--screenshot docs/live.png]
 
 Measured in this one run:
 
@@ -16,7 +16,7 @@ Measured in this one run:
    running dry is an underrun, then it waits for `start_seconds` again). Reported: underruns,
    the worker's real-time factor and CPU share of one core (its thread's CPU time over wall
    time, from the server's stats), the process RSS every 5 s (first, last, max, and the slope
-   of a straight-line fit over the second half, MB per minute: flat memory is ~0).
+   of a straight-line fit after the first minute, MB per minute: flat memory is ~0).
 
 With `--browser` the soak listeners are headless Chromium tabs (Debian's chromium), and the
 page's own AudioWorklet counts underruns and first audio; `--screenshot` saves the first tab.
@@ -41,9 +41,9 @@ import torch
 from websockets.sync.client import connect
 
 from lofibeats.generation.stream import Stream
-from lofibeats.live.catalog import describe_checkpoint
+from lofibeats.live.catalog import LoadedModel, describe_checkpoint
 from lofibeats.live.harness import ServerThread, chromium, chromium_missing
-from lofibeats.live.player import PlayerSettings
+from lofibeats.live.player import PlayerSettings, carry_for
 from lofibeats.live.protocol import unpack_frame
 from lofibeats.live.server import LiveSettings
 from lofibeats.models.sampling import Sampling
@@ -120,13 +120,10 @@ def thread_cpu(prefixes: tuple[str, ...]) -> float:
 SERVER_THREADS = ("live-server", "lofibeats-live")  # the event loop and the stream workers
 
 
-def bare_rate(ckpt: Path, player: PlayerSettings, seconds: float) -> tuple[float, float]:
+def bare_rate(model: LoadedModel, player: PlayerSettings, seconds: float) -> tuple[float, float]:
     """(samples per wall second, samples per CPU second) of a bare Stream.read loop, one
     frame (as the server reads) at a time."""
-    from lofibeats.models.checkpoint import load_module
-
-    module = load_module(ckpt)
-    carry = player.carry
+    module, carry = model.module, carry_for(player.carry, model)
     stream = Stream(module, None, sampling=Sampling(0.9), seed=1, engine=player.engine, carry=carry)
     block = stream.chunk_len - stream.crossfade
     frame = block * max(1, round(player.frame_ms / 1000 * module.sample_rate / block))
@@ -242,7 +239,7 @@ def browser_soak(
 ) -> list[dict]:
 
     out = []
-    with chromium(1000, 1080) as driver:
+    with chromium(1000, 900) as driver:
         handles = []
         for i in range(streams):
             if i:
@@ -252,7 +249,7 @@ def browser_soak(
             time.sleep(1.0)
             driver.find_element("id", "play").click()
         started = time.perf_counter()
-        shot_at = min(seconds, 12.0)
+        shot_at = min(seconds, 16.0)  # the spectrogram has scrolled across
         while time.perf_counter() - started < seconds:
             memory.append((time.perf_counter() - started, rss_mb()))
             time.sleep(5.0)
@@ -272,12 +269,13 @@ def browser_soak(
     return out
 
 
-def slope(points: list[tuple[float, float]]) -> float:
-    """MB per minute of a least-squares line through the second half of the samples."""
-    half = points[len(points) // 2 :]
-    if len(half) < 2:
-        return 0.0
-    t, mb = np.array(half).T
+def slope(points: list[tuple[float, float]]) -> float | None:
+    """MB per minute of a least-squares line through the samples after the first minute (the
+    warm-up: model, kernel, allocator pools), or None for a soak too short to tell."""
+    settled = [(t, mb) for t, mb in points if t >= 60.0]
+    if len(settled) < 12:  # a minute of 5-s samples at least
+        return None
+    t, mb = np.array(settled).T
     return float(np.polyfit(t / 60, mb, 1)[0])
 
 
@@ -286,7 +284,7 @@ def main() -> None:
     parser.add_argument("--ckpt", default="last", help="a .ckpt, or last (newest under outputs/)")
     parser.add_argument("--minutes", type=float, default=10.0, help="length of the soak")
     parser.add_argument("--streams", type=int, default=1, help="listeners during the soak")
-    parser.add_argument("--carry", choices=("window", "state"), default="window")
+    parser.add_argument("--carry", choices=("auto", "window", "state"), default="auto")
     parser.add_argument("--ahead", type=float, default=1.5, help="live.ahead_seconds")
     parser.add_argument("--throughput-seconds", type=float, default=5.0)
     parser.add_argument("--first-audio-tries", type=int, default=5)
@@ -308,17 +306,17 @@ def main() -> None:
         knobs={"temperature": 0.9, "top_p": None},
     )
     info = describe_checkpoint(ckpt, outputs)
-    print(f"checkpoint {ckpt}: {info.family}, {info.sr} Hz, frame {info.frame_size}")
-    print(
-        f"carry {args.carry}, ahead {args.ahead} s, 1 torch thread; {load()} on {os.cpu_count()} cores"
-    )
-
     with ServerThread(settings, Path(tempfile.mkdtemp()), preload=True) as server:
         model = server.live.models.get(info)
         sr = model.module.sample_rate
+        print(f"checkpoint {ckpt}: {info.family}, {sr} Hz, frame {info.frame_size}")
+        print(
+            f"carry {carry_for(args.carry, model)} ({args.carry}), ahead {args.ahead} s, "
+            f"1 torch thread; {load()} on {os.cpu_count()} cores"
+        )
         bare, served = [], []
         for _ in range(3):  # interleaved, so background load hits both alike
-            bare.append(bare_rate(ckpt, player, args.throughput_seconds))
+            bare.append(bare_rate(model, player, args.throughput_seconds))
             served.append(served_rate(server, args.throughput_seconds))
         (b, b_cpu), (s, s_cpu) = (
             tuple(map(max, zip(*rates, strict=True))) for rates in (bare, served)
@@ -373,9 +371,11 @@ def main() -> None:
         )
         if memory:
             mbs = [mb for _, mb in memory]
+            trend = slope(memory)
+            told = "too short to tell (2 min at least)" if trend is None else f"{trend:+.2f} MB/min"
             print(
-                f"   RSS: first {mbs[0]:.0f} MB, last {mbs[-1]:.0f} MB, max {max(mbs):.0f} MB; "
-                f"slope over the second half {slope(memory):+.2f} MB/min ({len(memory)} samples)"
+                f"   RSS: first {mbs[0]:.0f} MB, last {mbs[-1]:.0f} MB, max {max(mbs):.0f} MB "
+                f"({len(memory)} samples); slope after the first minute: {told}"
             )
 
 

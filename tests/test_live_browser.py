@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_live_fixtures import SR, make_runs, settings, shelf
+from live_helpers import SR, make_runs, settings, shelf
 
 from lofibeats.generation.stream import Stream
 from lofibeats.live.harness import ServerThread, chromium, chromium_missing
@@ -165,6 +165,46 @@ def test_twenty_seconds_in_the_browser(server) -> None:
         time.sleep(0.5)
         download = driver.execute_script("return window.lofi.lastDownload")
         assert download == {"samples": 5 * SR, "rate": SR, "bytes": 44 + 10 * SR}
+
+
+@pytest.mark.slow
+def test_vseq2seq_style_and_creativity_from_the_page(runs, tmp_path: Path) -> None:
+    """The latent knobs show for a vseq2seq take; a style picked from the list, an uploaded
+    clip and the creativity slider are each heard within 0.5 s; a bad upload is explained."""
+    import numpy as np
+    import soundfile as sf
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    root, ckpts = runs
+    clip, junk = tmp_path / "groove.wav", tmp_path / "notes.wav"
+    sf.write(clip, 0.3 * np.sin(np.arange(2 * SR) * 0.2), SR)
+    junk.write_bytes(b"this is not audio " * 50)
+    live = settings(root, default_ckpt=ckpts["vseq2seq"], ahead_seconds=1.5)
+    with ServerThread(live, shelf(), preload=True) as server, chromium() as driver:
+        pressed = press_play(driver, server.url)
+        assert driver.find_element("id", "creativity").is_displayed()
+        style = Select(driver.find_element("id", "style"))
+        assert [o.get_attribute("value") for o in style.options][:2] == ["", "val:0"]
+        listen(driver, 2.0, server)
+        style.select_by_value("random")
+        listen(driver, 1.5, server)
+        driver.find_element("id", "upload").send_keys(str(clip))
+        wait_for(driver, lambda s: len(s["latencies"]) >= 2, 5)
+        assert style.first_selected_option.text.startswith("groove.wav")
+        listen(driver, 1.5, server)
+        driver.find_element("id", "creativity").send_keys(Keys.HOME)
+        end = wait_for(driver, lambda s: len(s["latencies"]) >= 3, 5)
+        assert len(end["latencies"]) == 3 and max(end["latencies"]) < 500, end["latencies"]
+        (session,) = server.live.sessions.values()
+        knobs = session.player._knobs
+        assert knobs["creativity"] == 0.0 and knobs["style"].startswith("upload:")
+        check_clean_playback(state(driver), pressed)
+        driver.find_element("id", "upload").send_keys(str(junk))
+        end = wait_for(driver, lambda s: s["errors"], 5)
+        assert "upload 'notes.wav': not a readable audio clip" in end["errors"][0]
+        time.sleep(1.0)
+        assert state(driver)["played"] > end["played"] + SR // 2  # it plays on
 
 
 @pytest.mark.slow

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import compose_config
-from test_live_fixtures import make_runs
+from live_helpers import make_runs
 
 from lofibeats.errors import CheckpointError, ConfigError
 from lofibeats.live.command import live, settings_from
+
+from helpers import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,7 +71,7 @@ def cfg(root: Path, *overrides: str):
     ("override", "message"),
     [
         ("live.start_seconds=2", "live.start_seconds=2: give less than live.ahead_seconds (1.5)"),
-        ("live.carry=sideways", "live.carry='sideways': choose one of window, state"),
+        ("carry=sideways", "carry='sideways': choose one of auto, window, state"),
         ("live.prime=maybe", "live.prime='maybe': choose one of val, none"),
         ("live.token=abc", "live.token: give at least 8 characters"),
         ("live.port=70000", "live.port=70000: give an integer >= 0 and <= 65535"),

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from test_live_fixtures import SR, make_runs, settings, shelf
+from live_helpers import SR, make_runs, settings, shelf
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -485,6 +485,24 @@ def test_a_model_slower_than_real_time_is_reported(runs, monkeypatch) -> None:
             )
         assert stats["rtf"] < 0.8 and stats["keeping_up"] is False
         listener.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_crashed_worker_says_why_and_frees_its_slot(runs, monkeypatch) -> None:
+    def broken(self, n):
+        raise RuntimeError("a bug in a model")
+
+    monkeypatch.setattr(Stream, "read", broken)
+    with serve(runs) as server:
+        listener = Listener(server)
+        listener.send(type="start")
+        listener.expect("take")
+        error = listener.expect("error")
+        assert error["message"] == "the stream stopped: RuntimeError: a bug in a model"
+        with pytest.raises(ConnectionClosed) as closed:
+            listener.drain(5)
+        assert closed.value.rcvd.code == 1011
+        assert wait_for(lambda: not server.live.sessions)
 
 
 # ---------------------------------------------------------------------- the guard

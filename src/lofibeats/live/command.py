@@ -23,7 +23,7 @@ from lofibeats.models.sampling import Sampling
 from lofibeats.runs import resolve_checkpoint
 from lofibeats.validate import choice, number, optional_number
 
-CARRIES = ("window", "state")
+CARRIES = ("auto", "window", "state")
 PRIMES = ("val", "none")
 WS_MAX_BYTES = 2**20  # the transport's cap on one WebSocket message (the app's is lower)
 
@@ -51,7 +51,7 @@ def settings_from(cfg: DictConfig) -> LiveSettings:
         ahead_seconds=number(live.ahead_seconds, "live.ahead_seconds", low=0.2, high=30),
         knob_lead_seconds=number(live.knob_lead_seconds, "live.knob_lead_seconds", low=0, high=5),
         frame_ms=number(live.frame_ms, "live.frame_ms", low=1, high=1000),
-        carry=choice(live.carry, CARRIES, "live.carry"),
+        carry=choice(cfg.get("carry", "auto"), CARRIES, "carry"),
         prime=choice(str(live.prime).lower(), PRIMES, "live.prime"),
         style_blend_seconds=number(live.style_blend, "live.style_blend", low=0, high=30),
         engine=str(cfg.get("engine") or "auto"),

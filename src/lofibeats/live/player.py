@@ -35,7 +35,6 @@ from lofibeats.generation.stream import Stream, StreamMark
 from lofibeats.generation.style import style_path
 from lofibeats.live.catalog import CheckpointInfo, LoadedModel, ModelCache, Uploads
 from lofibeats.live.protocol import pack_frame
-from lofibeats.models.base import LofiModule
 from lofibeats.models.decoding import AutoregressiveNet
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.vseq2seq import VSeq2SeqModule
@@ -62,7 +61,7 @@ class PlayerSettings:
     ahead_seconds: float = 1.5
     knob_lead_seconds: float = 0.25
     frame_ms: float = 50.0
-    carry: str = "window"
+    carry: str = "auto"  # auto | window | state (see `carry_for`)
     prime: str = "val"
     style_blend_seconds: float = 0.5
     engine: str = "auto"
@@ -229,10 +228,9 @@ class Player:
                 if self._may_generate():
                     self._generate()
                 self._cpu += time.thread_time() - started
-        except Exception as exc:  # a bug: tell the listener instead of going silent
-            self.emit(
-                {"type": "error", "message": f"the stream stopped: {type(exc).__name__}: {exc}"}
-            )
+        except Exception as exc:  # a bug: tell the listener (its socket closes), keep the traceback
+            message = f"the stream stopped: {type(exc).__name__}: {exc}"
+            self.emit({"type": "error", "message": message, "fatal": True})
             raise
 
     def _may_generate(self) -> bool:
@@ -279,7 +277,7 @@ class Player:
                 prime, prime_name = torch.from_numpy(clip)[None], f"val clip {index}"
             except (LofiError, OSError) as exc:
                 notes.append(f"no val clip to start from ({exc}): starting from near-silence")
-        carry = settings.carry
+        carry = carry_for(settings.carry, model)
         if carry == "state" and not isinstance(module.net, AutoregressiveNet):
             carry = "window"
             notes.append(f"the {module.family} model has no decoder state: carry=window")
@@ -465,10 +463,23 @@ class Player:
         self.emit(frame)
 
 
-def warm_up(module: LofiModule, settings: PlayerSettings) -> str:
+def carry_for(carry: str, model: LoadedModel) -> str:
+    """How a take of `model` connects its blocks: `carry` unless "auto", which means "state"
+    for an autoregressive model trained with data.mode=stream (it learned to carry its encoder
+    state) and "window" otherwise (the rule generate.py applies, per checkpoint here)."""
+    if carry != "auto":
+        return carry
+    trained = (model.data_cfg or {}).get("mode", "windows")
+    autoregressive = isinstance(model.module.net, AutoregressiveNet)
+    return "state" if trained == "stream" and autoregressive else "window"
+
+
+def warm_up(model: LoadedModel, settings: PlayerSettings) -> str:
     """Decode one block as a take would, so the first listener does not wait for the kernel
     to build; the engine's name."""
-    carry = settings.carry if isinstance(module.net, AutoregressiveNet) else "window"
+    module = model.module
+    carry = carry_for(settings.carry, model)
+    carry = carry if isinstance(module.net, AutoregressiveNet) else "window"
     options: dict[str, Any] = {}
     if isinstance(module, VSeq2SeqModule):
         options["z"] = style_path(module, None, batch=1, n_samples=1)

@@ -135,7 +135,7 @@ class LiveState:
             raise ConfigError("no starting checkpoint: give ckpt=<path> or ckpt=last")
         info = describe_checkpoint(self.settings.default_ckpt, self.settings.outputs_dir)
         model = self.models.get(info)
-        return model, warm_up(model.module, self.settings.player)
+        return model, warm_up(model, self.settings.player)
 
     def acquire(self, session: Session) -> bool:
         """Take a stream slot for `session`; False when all `max_streams` are taken."""
@@ -244,6 +244,9 @@ class Session:
                         self.player.sent(item.take, item.end)
                 elif isinstance(item, dict):
                     await self.send_json(item)
+                    if item.get("fatal"):  # the worker died: free the slot, say so
+                        await self._close_with(item["message"], 1011)
+                        return
                 if time.perf_counter() >= next_stats:
                     next_stats = time.perf_counter() + self.settings.stats_interval
                     stats = self.player.stats() if self.player is not None else None
@@ -275,8 +278,8 @@ class Session:
             try:
                 parsed = parse_message(message.get("text"), self.settings.max_message_bytes)
                 await self._handle(parsed)
-            except ProtocolError as exc:
-                await self.send_json({"type": "error", "message": str(exc), "key": exc.key})
+            except ProtocolError as exc:  # the sender is the socket's one writer
+                self.outbox.put_nowait({"type": "error", "message": str(exc), "key": exc.key})
             if self.closing:
                 return
 
@@ -301,7 +304,7 @@ class Session:
             if self.player is not None:
                 self.player.pause(kind == "pause")
         elif kind == "ping":
-            await self.send_json({"type": "pong"})
+            self.outbox.put_nowait({"type": "pong"})
 
     async def _start(self, message: dict[str, Any]) -> None:
         knobs = check_knobs(message, allow=("checkpoint",))

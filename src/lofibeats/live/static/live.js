@@ -7,6 +7,7 @@
 const $ = (id) => document.getElementById(id);
 const HEADER_BYTES = 16; // take u32, rev u32, position f64 (see protocol.py)
 const KNOB_SEND_MS = 80; // a dragged slider sends at most this often
+const PING_MS = 20000; // a paused page says it is still there (the server frees silent ones)
 
 const lofi = (window.lofi = {
   hello: null, // the server's limits
@@ -341,22 +342,34 @@ function saveWav(samples, rate) {
 }
 
 // ------------------------------------------------------------------ drawing
+// The spectrogram scrolls one 2-px column per tick, ~30 ticks/s; colours are packed RGBA words
+// looked up from a magma-like table, written into one reused column.
 const canvas = $("spectrogram");
 const g = canvas.getContext("2d");
+const DRAW_MS = 40; // 25 columns a second: a steady scroll at a fraction of the CPU of 60
 const MAGMA = [[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [254, 159, 109], [252, 253, 191]];
-const COLOURS = Array.from({ length: 256 }, (_, i) => {
+const STEP = 2;
+const column = g.createImageData(STEP, canvas.height);
+const pixels = new Uint32Array(column.data.buffer);
+const little = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+const COLOURS = Uint32Array.from({ length: 256 }, (_, i) => {
   const t = (i / 255) * (MAGMA.length - 1);
   const k = Math.min(Math.floor(t), MAGMA.length - 2);
-  const f = t - k;
-  return MAGMA[k].map((c, j) => Math.round(c + f * (MAGMA[k + 1][j] - c)));
+  const [r, gr, b] = MAGMA[k].map((c, j) => Math.round(c + (t - k) * (MAGMA[k + 1][j] - c)));
+  return little ? ((255 << 24) | (b << 16) | (gr << 8) | r) >>> 0 : ((r << 24) | (gr << 16) | (b << 8) | 255) >>> 0;
 });
 let rows = null;
 let bins = null;
 let wave = null;
 
+let statsAt = 0;
+
 function draw() {
-  requestAnimationFrame(draw);
-  updateStats();
+  const now = performance.now();
+  if (now - statsAt > 250) {
+    statsAt = now;
+    updateStats();
+  }
   if (!audio || !audio.analyser || audio.ctx.state !== "running") return;
   const analyser = audio.analyser;
   const h = canvas.height;
@@ -365,27 +378,52 @@ function draw() {
     wave = new Float32Array(analyser.fftSize);
     const nyquist = audio.ctx.sampleRate / 2;
     const low = 40;
-    rows = Array.from({ length: h }, (_, y) => {
+    rows = Int32Array.from({ length: h }, (_, y) => {
       const freq = low * Math.pow(nyquist / low, (h - 1 - y) / (h - 1)); // log frequency
       return Math.min(bins.length - 1, Math.round((freq / nyquist) * bins.length));
     });
   }
   analyser.getFloatFrequencyData(bins);
-  const step = 2;
-  g.drawImage(canvas, -step, 0);
-  const column = g.createImageData(step, h);
   for (let y = 0; y < h; y++) {
     const level = Math.max(0, Math.min(255, Math.round(((bins[rows[y]] + 100) / 80) * 255)));
-    const [r, gr, b] = COLOURS[level];
-    for (let x = 0; x < step; x++) column.data.set([r, gr, b, 255], (y * step + x) * 4);
+    pixels.fill(COLOURS[level], y * STEP, (y + 1) * STEP);
   }
-  g.putImageData(column, canvas.width - step, 0);
+  g.drawImage(canvas, -STEP, 0);
+  g.putImageData(column, canvas.width - STEP, 0);
   analyser.getFloatTimeDomainData(wave);
   let sum = 0;
-  for (const x of wave) sum += x * x;
-  const db = 10 * Math.log10(sum / wave.length + 1e-12);
-  $("level").style.height = `${Math.max(0, Math.min(100, ((db + 60) / 60) * 100))}%`;
-  $("level-db").textContent = `${db < -99 ? "-inf" : db.toFixed(0)} dB`;
+  let peak = 0;
+  for (let i = 0; i < wave.length; i++) {
+    sum += wave[i] * wave[i];
+    peak = Math.max(peak, Math.abs(wave[i]));
+  }
+  drawLevel(10 * Math.log10(sum / wave.length + 1e-12), 20 * Math.log10(peak + 1e-12));
+}
+
+// The level meter: RMS as a bar (green to red over -60..0 dBFS), peak as a line, RMS in dB.
+const meter = $("level").getContext("2d");
+const meterFill = meter.createLinearGradient(0, $("level").height, 0, 0);
+meterFill.addColorStop(0, "#7fc8a9");
+meterFill.addColorStop(0.75, "#f2a65a");
+meterFill.addColorStop(1, "#e36f6f");
+
+function drawLevel(rmsDb, peakDb) {
+  const { width, height } = meter.canvas;
+  const y = (db) => height * (1 - Math.max(0, Math.min(1, (db + 60) / 60)));
+  meter.fillStyle = "#000";
+  meter.fillRect(0, 0, width, height);
+  meter.fillStyle = meterFill;
+  meter.fillRect(4, y(rmsDb), width - 8, height);
+  meter.fillStyle = "#ece4d8";
+  meter.fillRect(4, y(peakDb), width - 8, 2);
+  meter.font = "10px sans-serif";
+  meter.textAlign = "center";
+  meter.fillText(rmsDb < -99 ? "-inf" : rmsDb.toFixed(0), width / 2, 12);
+}
+
+function setText(id, text) {
+  const el = $(id);
+  if (el.textContent !== text) el.textContent = text;
 }
 
 function updateStats() {
@@ -393,17 +431,17 @@ function updateStats() {
   const w = lofi.status;
   const ahead = (lofi.hello && lofi.hello.ahead_seconds) || 1.5;
   if (s && s.rtf != null) {
-    $("rtf").textContent = `${s.rtf.toFixed(2)}x`;
+    setText("rtf", `${s.rtf.toFixed(2)}x`);
     $("rtf").style.color = s.keeping_up ? "" : "var(--bad)";
-    $("cpu").textContent = `${Math.round(s.cpu * 100)}% of a core`;
+    setText("cpu", `${Math.round(s.cpu * 100)}% of a core`);
   }
   if (w) {
-    $("buffer").textContent = `${w.buffered.toFixed(2)} s`;
-    $("buffer-bar").style.width = `${Math.min(100, (w.buffered / ahead) * 100)}%`;
+    setText("buffer", `${w.buffered.toFixed(2)} s`);
+    $("buffer-bar").style.width = `${Math.round(Math.min(100, (w.buffered / ahead) * 100))}%`;
     $("buffer-bar").className = w.buffered < 0.25 ? "low" : "";
-    $("underruns").textContent = String(w.underruns);
+    setText("underruns", String(w.underruns));
   }
-  $("status").textContent = statusLine(s, w);
+  setText("status", statusLine(s, w));
 }
 
 function statusLine(s, w) {
@@ -420,4 +458,7 @@ function statusLine(s, w) {
 }
 
 loadCheckpoints().catch((e) => show("error", `cannot list the checkpoints: ${e}`));
-requestAnimationFrame(draw);
+setInterval(() => {
+  if (!lofi.playing) send({ type: "ping" });
+}, PING_MS);
+setInterval(draw, DRAW_MS);

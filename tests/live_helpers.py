@@ -1,4 +1,4 @@
-"""Runs for the lofibeats live tests (no tests here): tiny random-weight models saved as real
+"""Runs for the lofibeats live tests: tiny random-weight models saved as real
 Lightning checkpoints in the layout train.py leaves (`outputs/<run>/checkpoints/last.ckpt`,
 `status.json`, `config_resolved.yaml`), trained on a folder of short tracks so that val
 clips (primes, style targets) come from real prepared data."""
@@ -14,7 +14,6 @@ import pytorch_lightning as pl
 import soundfile as sf
 import torch
 import yaml
-from conftest import compose_config
 from omegaconf import OmegaConf
 
 from lofibeats.live.player import PlayerSettings
@@ -22,6 +21,8 @@ from lofibeats.live.server import LiveSettings
 from lofibeats.models.gan import GanModule
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
+
+from helpers import compose_config
 
 SR = 8000
 SMALL = dict(sr=SR, prev_len_max=128, next_len=64, hidden=16, layers=1, embed_dim=8)
