@@ -75,7 +75,8 @@ class Client:
         self._connection = connect(url, proxy=None, compression=None, max_queue=None)
         self.ws = self._connection.__enter__()
         self.hello = self.next_json("hello")
-        self.stats: list[dict] = []
+        self.rtf: list[float] = []  # floats only: the soak measures the server's memory
+        self.cpu: list[float] = []
 
     def next_json(self, kind: str) -> dict:
         while True:
@@ -95,7 +96,9 @@ class Client:
         if isinstance(data, str):
             message = json.loads(data)
             if message["type"] == "stats":
-                self.stats.append(message)
+                if message["rtf"] is not None:
+                    self.rtf.append(message["rtf"])
+                self.cpu.append(message["cpu"])
             elif message["type"] in ("error", "busy", "closing"):
                 raise RuntimeError(message["message"])
             return message
@@ -202,8 +205,7 @@ def listen(server: ServerThread, seconds: float, result: Listening) -> None:
                 start_samples = round(client.hello["start_seconds"] * sr)
             elif isinstance(item, tuple) and item[0] == take:
                 received = item[1] + item[2]
-        result.rtf = [s["rtf"] for s in client.stats if s["rtf"] is not None]
-        result.cpu = [s["cpu"] for s in client.stats]
+        result.rtf, result.cpu = client.rtf, client.cpu
         client.close()
     except Exception as exc:  # reported in the table, not a traceback from a thread
         result.error = f"{type(exc).__name__}: {exc}"
@@ -239,7 +241,7 @@ def browser_soak(
 ) -> list[dict]:
 
     out = []
-    with chromium(1000, 900) as driver:
+    with chromium(1000, 960) as driver:
         handles = []
         for i in range(streams):
             if i:

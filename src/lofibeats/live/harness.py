@@ -8,6 +8,7 @@ Selenium (a dev dependency); `chromium_missing()` says why it cannot run here, f
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import threading
@@ -33,6 +34,7 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--no-first-run",
     "--mute-audio",
+    "--disable-dev-shm-usage",  # containers often have a small /dev/shm
 )
 
 
@@ -103,6 +105,7 @@ def chromium(width: int = 1000, height: int = 900) -> Iterator[Any]:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager: never download a driver
     profile = tempfile.mkdtemp(prefix="lofibeats-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM

@@ -15,6 +15,7 @@ const lofi = (window.lofi = {
   stats: null, // the server's last stats (rtf, cpu, ahead)
   status: null, // the worklet's last status (position, buffered, underruns, level)
   playing: false,
+  started: false, // a start was sent on this connection
   clickedAt: null,
   firstAudioMs: null, // press play -> first sample played
   underruns: [], // {seconds: audio played before it, take}
@@ -48,16 +49,10 @@ async function ensureAudio(rate) {
     : new AudioContext({ latencyHint: "playback" });
   const ready = (async () => {
     await ctx.audioWorklet.addModule("/static/worklet.js");
-    const hello = lofi.hello || {};
     const node = new AudioWorkletNode(ctx, "lofibeats-live", {
       numberOfInputs: 0,
       outputChannelCount: [1],
-      processorOptions: {
-        capacitySeconds: 2 * (hello.ahead_seconds || 1.5) + 2,
-        historySeconds: hello.history_seconds || 60,
-        startSeconds: hello.start_seconds || 0.3,
-        reportSeconds: 0.05,
-      },
+      processorOptions: { reportSeconds: 0.05 }, // the rest comes with the server's hello
     });
     const analyser = ctx.createAnalyser();
     analyser.fftSize = 1024;
@@ -69,9 +64,22 @@ async function ensureAudio(rate) {
   })();
   audio = { ctx, ready };
   Object.assign(audio, await ready);
+  configureWorklet();
   for (const f of queued) postFrame(f);
   queued = [];
   return audio;
+}
+
+// The server's buffer settings, for the worklet (before any frame: it sizes its ring then).
+function configureWorklet() {
+  if (!audio || !audio.node || !lofi.hello) return;
+  const h = lofi.hello;
+  audio.node.port.postMessage({
+    type: "config",
+    startSeconds: h.start_seconds,
+    capacitySeconds: 2 * h.ahead_seconds + 2,
+    historySeconds: h.history_seconds,
+  });
 }
 
 function postFrame(f) {
@@ -90,6 +98,8 @@ function connect() {
   ws.onmessage = (e) => (typeof e.data === "string" ? onMessage(JSON.parse(e.data)) : onFrame(e.data));
   ws.onclose = (e) => {
     ws = null;
+    lofi.hello = null;
+    lofi.started = false;
     lofi.closed = { code: e.code, reason: e.reason };
     lofi.take = null;
     if (lofi.playing) stopPlaying();
@@ -118,8 +128,8 @@ function onFrame(buffer) {
 async function onMessage(m) {
   if (m.type === "hello") {
     lofi.hello = m;
-    // the first take starts with the server's knobs (python live.py temperature=...)
-    send({ type: "start", checkpoint: $("checkpoint").value || undefined });
+    configureWorklet();
+    startIfReady();
   } else if (m.type === "take") {
     lofi.take = m;
     lofi.stats = null;
@@ -172,6 +182,23 @@ function onWorklet(m) {
 }
 
 // ------------------------------------------------------------------ controls
+// The first take starts with the server's knobs (python live.py temperature=...) once play
+// is pressed and the server said hello.
+function startIfReady() {
+  if (lofi.playing && lofi.hello && !lofi.started) {
+    lofi.started = true;
+    send({ type: "start", checkpoint: $("checkpoint").value || undefined });
+  }
+}
+
+// Before play is pressed: open the socket and build the audio graph (suspended until the
+// click), so pressing play only has to resume them and wait for the first audio.
+async function prepare() {
+  if (!ws) connect();
+  const chosen = checkpoints.find((c) => c.id === $("checkpoint").value);
+  if (chosen) await ensureAudio(chosen.sr);
+}
+
 async function togglePlay() {
   if (lofi.playing) {
     stopPlaying();
@@ -184,9 +211,10 @@ async function togglePlay() {
   $("play").textContent = "\u275A\u275A Pause";
   $("play").setAttribute("aria-pressed", "true");
   const chosen = checkpoints.find((c) => c.id === $("checkpoint").value);
-  const graph = ensureAudio(chosen ? chosen.sr : null); // created inside the click: allowed to play
+  const graph = ensureAudio(chosen ? chosen.sr : null); // resumed inside the click: may play
   if (!ws) connect();
-  else send({ type: "resume" });
+  else if (lofi.started) send({ type: "resume" });
+  else startIfReady();
   const a = await graph;
   if (a.ctx.state !== "running") await a.ctx.resume();
   $("new-take").disabled = false;
@@ -457,7 +485,9 @@ function statusLine(s, w) {
   return `playing take ${lofi.take.take}`;
 }
 
-loadCheckpoints().catch((e) => show("error", `cannot list the checkpoints: ${e}`));
+loadCheckpoints()
+  .then(prepare)
+  .catch((e) => show("error", `cannot list the checkpoints: ${e}`));
 setInterval(() => {
   if (!lofi.playing) send({ type: "ping" });
 }, PING_MS);

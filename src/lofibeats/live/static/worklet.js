@@ -43,6 +43,7 @@ class LiveOutput extends AudioWorkletProcessor {
 
   onMessage(msg) {
     if (msg.type === "frame") this.onFrame(msg);
+    else if (msg.type === "config") this.configure(msg);
     else if (msg.type === "threshold") this.threshold = Math.round(sampleRate * msg.seconds);
     else if (msg.type === "history") this.sendHistory(msg.seconds);
     else if (msg.type === "reset") {
@@ -50,6 +51,24 @@ class LiveOutput extends AudioWorkletProcessor {
       this.pending = null;
       this.writePos = this.readPos;
       this.playing = false;
+    }
+  }
+
+  // The server's settings: start threshold, and a ring big enough for what it sends ahead
+  // (resized only while empty, i.e. before the first frame).
+  configure({ startSeconds, capacitySeconds, historySeconds }) {
+    this.startSamples = this.threshold = Math.round(sampleRate * startSeconds);
+    const capacity = Math.ceil(sampleRate * capacitySeconds);
+    if (capacity > this.capacity && this.take < 0 && !this.pending) {
+      this.capacity = capacity;
+      this.ring = new Float32Array(capacity);
+      this.revs = new Uint32Array(capacity);
+      this.readPos = this.writePos = 0;
+    }
+    const history = Math.ceil(sampleRate * historySeconds);
+    if (history !== this.history.length && this.samplesPlayed === 0) {
+      this.history = new Float32Array(history);
+      this.historyPos = 0;
     }
   }
 
