@@ -536,6 +536,11 @@ def test_localhost_refuses_other_host_names_and_other_sites_websockets(runs) -> 
             Listener(server, origin="http://evil.example")
         listener = Listener(server, origin=f"http://127.0.0.1:{server.port}")
         listener.close()
+        upload = server.url + "api/upload?name=a.wav"
+        foreign = httpx.post(upload, content=b"x", headers={"Origin": "http://evil.example"})
+        assert foreign.status_code == 403 and "other sites" in foreign.text
+        own = httpx.post(upload, content=b"x", headers={"Origin": server.url.rstrip("/")})
+        assert own.status_code == 400  # let in, and told the clip is unreadable
 
 
 def test_style_path_of_a_take_is_what_generate_would_use(runs) -> None:

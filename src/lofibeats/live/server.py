@@ -363,8 +363,9 @@ class Guard:
     """ASGI middleware: Host and Origin checks, and the access token when one is set.
 
     On localhost only local Host names are served (a DNS-rebinding page cannot reach the
-    server) and a WebSocket must come from this server's own page (its Origin). With a token
-    every request carries it, as `?token=` or in the cookie the page sets.
+    server), and a WebSocket or an upload must come from this server's own page (its Origin),
+    not from another site open in the same browser. With a token every request carries it, as
+    `?token=` or in the cookie the page sets.
     """
 
     def __init__(
@@ -384,8 +385,9 @@ class Guard:
             problem = f"this server answers on localhost only, not as {host!r}"
         origin = headers.get("origin")
         cross_site = origin and urlsplit(origin).netloc.lower() != host.lower()
-        if problem is None and scope["type"] == "websocket" and cross_site:
-            problem = f"WebSockets from other sites ({origin}) are refused"
+        writes = scope["type"] == "websocket" or scope.get("method") not in ("GET", "HEAD")
+        if problem is None and writes and cross_site:  # another site's page, in this browser
+            problem = f"requests from other sites ({origin}) are refused"
         query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         given = (query.get("token") or [None])[0]
         if problem is None and self.token:

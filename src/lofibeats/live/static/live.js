@@ -279,7 +279,9 @@ $("style").addEventListener("change", () => sendKnobs({ style: $("style").value 
 $("play").addEventListener("click", togglePlay);
 $("new-take").addEventListener("click", () => send({ type: "new_take" }));
 $("checkpoint").addEventListener("change", () => {
-  if (ws) send({ type: "start", checkpoint: $("checkpoint").value, ...knobValues() });
+  // playing: a new take of the chosen model, with the knobs as they are; else just get ready
+  if (lofi.started) send({ type: "start", checkpoint: $("checkpoint").value, ...knobValues() });
+  else prepare();
 });
 $("download").addEventListener("click", () => {
   if (audio && audio.node) audio.node.port.postMessage({ type: "history", seconds: Number($("seconds").value) });
@@ -288,7 +290,13 @@ $("upload").addEventListener("change", async () => {
   const file = $("upload").files[0];
   if (!file) return;
   const response = await fetch(`/api/upload?name=${encodeURIComponent(file.name)}`, { method: "POST", body: file });
-  const result = await response.json();
+  const text = await response.text();
+  let result;
+  try {
+    result = JSON.parse(text);
+  } catch {
+    result = { error: text || `upload failed (HTTP ${response.status})` };
+  }
   if (!response.ok) {
     lofi.errors.push(result.error);
     show("error", result.error);
