@@ -62,7 +62,9 @@ def number(
             raise ValueError
         result = kind(float(value)) if kind is int else kind(value)
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(f"{key}={value!r}: give {_bounds(kind, low, high, low_open, high_open)}") from None
+        raise ConfigError(
+            f"{key}={value!r}: give {_bounds(kind, low, high, low_open, high_open)}"
+        ) from None
     if result != result or result in (float("inf"), float("-inf")):  # NaN or infinite
         raise ConfigError(f"{key}={value!r}: give {_bounds(kind, low, high, low_open, high_open)}")
     too_low = low is not None and (result <= low if low_open else result < low)
