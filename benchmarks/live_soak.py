@@ -19,7 +19,8 @@ Measured in this one run:
    of a straight-line fit after the first minute, MB per minute: flat memory is ~0).
 
 With `--browser` the soak listeners are headless Chromium tabs (Debian's chromium), and the
-page's own AudioWorklet counts underruns and first audio; `--screenshot` saves the first tab.
+page's own AudioWorklet counts underruns and first audio; half-way, a key press on the first
+tab's temperature slider measures how soon a knob is heard; `--screenshot` saves the first tab.
 """
 
 from __future__ import annotations
@@ -239,6 +240,7 @@ def soak(server: ServerThread, streams: int, seconds: float, memory: list) -> li
 def browser_soak(
     server: ServerThread, streams: int, seconds: float, memory: list, screenshot: Path | None
 ) -> list[dict]:
+    from selenium.webdriver.common.keys import Keys
 
     out = []
     with chromium(1000, 960) as driver:
@@ -252,9 +254,14 @@ def browser_soak(
             driver.find_element("id", "play").click()
         started = time.perf_counter()
         shot_at = min(seconds, 16.0)  # the spectrogram has scrolled across
+        knob_at = seconds / 2
         while time.perf_counter() - started < seconds:
             memory.append((time.perf_counter() - started, rss_mb()))
             time.sleep(5.0)
+            if knob_at is not None and time.perf_counter() - started >= knob_at:
+                driver.switch_to.window(handles[0])  # a key press: temperature to 0.89
+                driver.find_element("id", "temperature").send_keys(Keys.ARROW_LEFT)
+                knob_at = None
             if screenshot and time.perf_counter() - started >= shot_at:
                 driver.switch_to.window(handles[0])
                 driver.save_screenshot(str(screenshot))
@@ -265,7 +272,7 @@ def browser_soak(
                 driver.execute_script(
                     "const l = window.lofi; return {first: l.firstAudioMs, underruns: l.underruns,"
                     " played: (l.status || {}).samplesPlayed, sr: l.take && l.take.sr,"
-                    " rms: l.maxRms, stats: l.stats, errors: l.errors};"
+                    " rms: l.maxRms, stats: l.stats, errors: l.errors, knobs: l.knobLatencies};"
                 )
             )
     return out
@@ -352,8 +359,8 @@ def main() -> None:
                 print(
                     f"   tab {i}: first audio {page['first']:.0f} ms, "
                     f"{page['played'] / page['sr']:.1f} s played, underruns {len(page['underruns'])} "
-                    f"({len(late)} after the first second), peak RMS {page['rms']:.3f}, "
-                    f"errors {page['errors']}"
+                    f"({len(late)} after the first second), peak RMS {page['rms']:.3f}, knob "
+                    f"heard after {[round(ms) for ms in page['knobs']]} ms, errors {page['errors']}"
                 )
         else:
             for i, r in enumerate(soak(server, args.streams, seconds, memory)):

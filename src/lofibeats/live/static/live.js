@@ -242,19 +242,24 @@ function sendKnobs(knobs, movedAt = performance.now()) {
 }
 
 function slider(id, format, knob) {
-  // sends the latest value at most every KNOB_SEND_MS; a knob's latency counts from the
-  // first movement of the burst
+  // the first movement is sent at once; while the slider is dragged, the latest value at most
+  // every KNOB_SEND_MS (a knob's latency counts from the movement it sends)
   let timer = null;
+  let sentAt = -Infinity;
   let movedAt = 0;
   const input = $(id);
+  const flush = () => {
+    timer = null;
+    sentAt = performance.now();
+    sendKnobs(knob(Number(input.value)), movedAt);
+  };
   input.addEventListener("input", () => {
     $(`${id}-value`).textContent = format(Number(input.value));
     if (timer) return;
     movedAt = performance.now();
-    timer = setTimeout(() => {
-      timer = null;
-      sendKnobs(knob(Number(input.value)), movedAt);
-    }, KNOB_SEND_MS);
+    const wait = sentAt + KNOB_SEND_MS - movedAt;
+    if (wait <= 0) flush();
+    else timer = setTimeout(flush, wait);
   });
 }
 
