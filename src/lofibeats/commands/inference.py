@@ -15,17 +15,18 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from lofibeats.cli import MOVED_KEYS
 from lofibeats.data.datamodule import LofiDataModule
 from lofibeats.errors import ConfigError
+from lofibeats.generation.prime import data_config_for
+from lofibeats.generation.stream import resolve_carry
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.runs import resolve_checkpoint
-from lofibeats.units import to_samples
 from lofibeats.validate import choice, merge_options, number
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -70,22 +71,6 @@ def given_on_command_line(prefix: str) -> bool:
     return any(o.lstrip("+~").startswith(prefix) for o in HydraConfig.get().overrides.task)
 
 
-def data_config_for(module: LofiModule, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The data config at the checkpoint's rate and window lengths (the windows it trained on)."""
-    data = (
-        OmegaConf.to_container(data_cfg, resolve=True)
-        if isinstance(data_cfg, DictConfig)
-        else dict(data_cfg)
-    )
-    assert isinstance(data, dict)
-    data["sr"] = module.sample_rate
-    data["prev_len_max"] = module.context_len
-    data["next_len"] = module.chunk_len
-    shortest = to_samples(data.get("prev_len_min", 1), module.sample_rate, "data.prev_len_min")
-    data["prev_len_min"] = min(shortest, module.context_len)
-    return data
-
-
 def val_datamodule(module: LofiModule, data_cfg: Mapping[str, Any]) -> LofiDataModule:
     """A prepared LofiDataModule over the data config, at the checkpoint's rate."""
     datamodule = LofiDataModule.from_config(data_config_for(module, data_cfg))
@@ -111,18 +96,9 @@ def longform_options(cfg: DictConfig) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value is not None}
 
 
-CARRY = ("auto", "window", "state")
-
-
 def carry_for(cfg: DictConfig, module: LofiModule, data_cfg: Mapping[str, Any]) -> str:
-    """How a take's blocks connect (`carry`: auto | window | state; see
-    `lofibeats.generation.stream`). auto: "state" for a seq2seq/vseq2seq model trained with
-    data.mode=stream (it learned to carry its encoder state), "window" otherwise."""
-    carry = choice(cfg.get("carry", "auto"), CARRY, "carry")
-    if carry != "auto":
-        return carry
-    stream_trained = data_cfg.get("mode", "windows") == "stream"
-    return "state" if stream_trained and module.family != "gan" else "window"
+    """How a take's blocks connect: `carry` (auto | window | state), see `resolve_carry`."""
+    return resolve_carry(cfg.get("carry", "auto"), module, data_cfg.get("mode", "windows"))
 
 
 def check_latent_keys(cfg: DictConfig, module: LofiModule) -> None:

@@ -3,14 +3,19 @@ training audio, fit the context."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soxr
+from omegaconf import DictConfig, OmegaConf
 
 from lofibeats.audio.decode import AudioDecodeError, MonoReader
 from lofibeats.audio.loudness import INT16_SCALE, LevelMeter, normalization_gain_db, to_int16
 from lofibeats.errors import DataError
+from lofibeats.models.base import LofiModule
+from lofibeats.units import to_samples
 
 
 def read_prime(
@@ -63,6 +68,23 @@ def level_like_training(x: np.ndarray, sr: int, target_dbfs: float, path: Path) 
         raise DataError(f"prime={path}: the prime is silent: give audio that is not silence")
     gain_db = normalization_gain_db(loudness, meter.peak, target_dbfs)
     return to_int16(x.astype(np.float32), gain_db, limit=True).astype(np.float32) / INT16_SCALE
+
+
+def data_config_for(module: LofiModule, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The data config at the checkpoint's rate and window lengths (the windows it trained on):
+    where `prime=val` clips and eval's real audio come from."""
+    data = (
+        OmegaConf.to_container(data_cfg, resolve=True)
+        if isinstance(data_cfg, DictConfig)
+        else dict(data_cfg)
+    )
+    assert isinstance(data, dict)
+    data["sr"] = module.sample_rate
+    data["prev_len_max"] = module.context_len
+    data["next_len"] = module.chunk_len
+    shortest = to_samples(data.get("prev_len_min", 1), module.sample_rate, "data.prev_len_min")
+    data["prev_len_min"] = min(shortest, module.context_len)
+    return data
 
 
 def pad_to_context(prime: np.ndarray, context_len: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from lofibeats.models.sampling import DEFAULT_SAMPLING, Sampling
 from lofibeats.validate import choice
 
 CARRY = ("window", "state")
+CARRY_CHOICES = ("auto", *CARRY)
 FADES = ("equal_power", "linear")
 SILENCE_NOISE_STD = 1e-3  # the "no prime" start: -60 dBFS noise, so the model sees a live signal
 
@@ -77,6 +78,17 @@ class StreamMark:
     start: DecodeStart | None
     sampling: Sampling
     style: tuple[int, list[StyleChange]] | None
+
+
+def resolve_carry(carry: str, module: LofiModule, data_mode: str | None) -> str:
+    """`carry` (auto | window | state, checked); auto means "state" for an autoregressive model
+    trained with data.mode=stream (`data_mode`: it learned to carry its encoder state) and
+    "window" otherwise."""
+    carry = choice(carry, CARRY_CHOICES, "carry")
+    if carry != "auto":
+        return carry
+    autoregressive = isinstance(module.net, AutoregressiveNet)
+    return "state" if data_mode == "stream" and autoregressive else "window"
 
 
 class Stream:

@@ -28,11 +28,11 @@ from lofibeats.audio.decode import MonoReader
 from lofibeats.data.datamodule import LofiDataModule
 from lofibeats.data.manifest import Manifest
 from lofibeats.errors import CheckpointError, DataError, LofiError
+from lofibeats.generation.prime import data_config_for
 from lofibeats.generation.style import clip_latent
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
 from lofibeats.models.vseq2seq import VSeq2SeqModule
-from lofibeats.units import to_samples
 
 CLIP_SECONDS = 4.0  # a val clip as a style target: the first seconds of a val source
 MAX_UPLOAD_SECONDS = 30.0  # an uploaded clip: its first seconds are kept (its z: their mean)
@@ -139,18 +139,6 @@ def scan_checkpoints(outputs_dir: Path, extra: Iterable[Path] = ()) -> dict[str,
         infos.setdefault(info.id, info)
     ordered = sorted(infos.values(), key=lambda i: (-i.mtime, i.path.stem != "last", i.id))
     return {info.id: info for info in ordered}
-
-
-def data_config_for(module: LofiModule, data_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The data config a checkpoint trained on, at its rate and window lengths (as
-    `generate.py prime=val` reads it)."""
-    data = dict(data_cfg)
-    data["sr"] = module.sample_rate
-    data["prev_len_max"] = module.context_len
-    data["next_len"] = module.chunk_len
-    shortest = to_samples(data.get("prev_len_min", 1), module.sample_rate, "data.prev_len_min")
-    data["prev_len_min"] = min(shortest, module.context_len)
-    return data
 
 
 @dataclass

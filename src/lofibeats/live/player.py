@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from lofibeats.errors import LofiError
-from lofibeats.generation.stream import Stream, StreamMark
+from lofibeats.generation.stream import Stream, StreamMark, resolve_carry
 from lofibeats.generation.style import style_path
 from lofibeats.live.catalog import CheckpointInfo, LoadedModel, ModelCache, Uploads
 from lofibeats.live.protocol import pack_frame
@@ -464,14 +464,8 @@ class Player:
 
 
 def carry_for(carry: str, model: LoadedModel) -> str:
-    """How a take of `model` connects its blocks: `carry` unless "auto", which means "state"
-    for an autoregressive model trained with data.mode=stream (it learned to carry its encoder
-    state) and "window" otherwise (the rule generate.py applies, per checkpoint here)."""
-    if carry != "auto":
-        return carry
-    trained = (model.data_cfg or {}).get("mode", "windows")
-    autoregressive = isinstance(model.module.net, AutoregressiveNet)
-    return "state" if trained == "stream" and autoregressive else "window"
+    """How a take of `model` connects its blocks (`resolve_carry`, per checkpoint here)."""
+    return resolve_carry(carry, model.module, (model.data_cfg or {}).get("mode", "windows"))
 
 
 def warm_up(model: LoadedModel, settings: PlayerSettings) -> str:
