@@ -232,6 +232,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     n = number(cfg.get("n"), "n", kind=int, low=1)
     sampling = sampling_from(cfg)
     seed = number(cfg.get("seed"), "seed", kind=int)
+    context_windows = number(cfg.get("context_windows", 8), "context_windows", kind=int, low=0)
     progress = bool(cfg.get("progress", True))
     module, ckpt, data_cfg = load_for_inference(cfg)
     options = longform_options(cfg)
@@ -305,11 +306,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         },
         "frechet_logmel": frechet_block(generated, real, sr, seed),
         "music": music_block(generated, real, sr, seed),
-        "nll_by_context": nll_by_context(
-            module,
-            audio,
-            number(cfg.get("context_windows", 8), "context_windows", kind=int, low=0),
-        ),
+        "nll_by_context": nll_by_context(module, audio, context_windows),
     }
     out_dir = Path(str(cfg.out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
