@@ -11,9 +11,9 @@ import soundfile as sf
 import torch
 
 from lofibeats.audio.synth import (
-    STAMP_NAME,
     SYNTH_VERSION,
     builtin_corpus_dir,
+    corpus_stamp,
     plan_corpus,
     render_builtin_corpus,
 )
@@ -27,7 +27,7 @@ TRACKS, SECONDS, SR, SEED = 3, 6.0, 8000, 0
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Path], dict]:
     paths = render_builtin_corpus(tmp_path_factory.mktemp("builtin"), TRACKS, SECONDS, SR, SEED)
-    stamp = json.loads((paths[0].parent / STAMP_NAME).read_text(encoding="utf-8"))
+    stamp = json.loads(corpus_stamp(paths[0].parent).read_text(encoding="utf-8"))
     return paths, stamp
 
 
@@ -163,7 +163,7 @@ def test_settings_get_their_own_folders(tmp_path: Path) -> None:
 def test_incomplete_folder_is_rendered_again(tmp_path: Path, damage: str) -> None:
     paths = render_builtin_corpus(tmp_path, 2, 1.0, SR, SEED)
     original = paths[1].read_bytes()
-    stamp_path = paths[0].parent / STAMP_NAME
+    stamp_path = corpus_stamp(paths[0].parent)
     if damage == "stamp":
         stamp_path.unlink()
     elif damage == "wav":
@@ -196,12 +196,12 @@ def test_crash_mid_render_leaves_no_stamp_and_no_temp_files(
     with pytest.raises(KeyboardInterrupt):
         render_builtin_corpus(tmp_path, 3, 1.0, SR, SEED)
     folder = builtin_corpus_dir(tmp_path, 3, 1.0, SR, SEED)
-    assert not (folder / STAMP_NAME).exists()
+    assert not corpus_stamp(folder).exists()
     assert [p.name for p in folder.iterdir()] == ["lofi-000.wav"]
 
     monkeypatch.setattr(corpus_module, "render_track", real)
     assert len(render_builtin_corpus(tmp_path, 3, 1.0, SR, SEED)) == 3
-    assert (folder / STAMP_NAME).is_file()
+    assert corpus_stamp(folder).is_file()
 
 
 @pytest.mark.parametrize("sr", [16000, 22050])

@@ -6,19 +6,19 @@ Everything is deterministic from a seed and vectorised with numpy; see
 """
 
 from lofibeats.audio.synth.corpus import (
-    STAMP_NAME,
     SYNTH_VERSION,
     builtin_corpus_dir,
+    corpus_stamp,
     render_builtin_corpus,
 )
 from lofibeats.audio.synth.music import TrackPlan, plan_corpus
 from lofibeats.audio.synth.render import render_track
 
 __all__ = [
-    "STAMP_NAME",
     "SYNTH_VERSION",
     "TrackPlan",
     "builtin_corpus_dir",
+    "corpus_stamp",
     "plan_corpus",
     "render_builtin_corpus",
     "render_track",

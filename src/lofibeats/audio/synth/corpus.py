@@ -17,13 +17,18 @@ from lofibeats.audio.synth.render import render_track
 from lofibeats.errors import ConfigError
 
 SYNTH_VERSION = 1  # bump whenever the rendered audio changes, so old folders are re-rendered
-STAMP_NAME = "corpus.json"
 MIN_SR = 4000
 
 
 def builtin_corpus_dir(out_dir: Path, tracks: int, seconds: float, sr: int, seed: int) -> Path:
     """The settings-specific folder under `out_dir` that holds one rendering of the corpus."""
     return Path(out_dir) / f"t{tracks}-s{seconds:g}-sr{sr}-seed{seed}"
+
+
+def corpus_stamp(folder: Path) -> Path:
+    """The stamp of a rendering: beside its folder (`<folder>.json`), not in it, so the folder
+    holds only the audio that `prepare` reads."""
+    return folder.with_name(f"{folder.name}.json")
 
 
 def render_builtin_corpus(
@@ -33,7 +38,7 @@ def render_builtin_corpus(
 
     The tracks go to :func:`builtin_corpus_dir` (so different settings never clobber each other)
     as 16-bit mono WAVs. The same arguments always give the same bytes. The folder counts as
-    complete only when its stamp (`corpus.json`: settings, synth version, per-track tempo, swing,
+    complete only when its stamp (`corpus_stamp`: settings, synth version, per-track tempo, swing,
     key and progression) matches and every file it lists is present at its recorded size; then this
     returns at once. Otherwise everything is rendered again. Each WAV is written to a temporary
     name and renamed, and the stamp is written last, so a crash or a concurrent call never leaves
@@ -47,7 +52,7 @@ def render_builtin_corpus(
         return done
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / STAMP_NAME).unlink(missing_ok=True)
+    corpus_stamp(folder).unlink(missing_ok=True)
     entries: list[dict[str, Any]] = []
     for plan in plan_corpus(tracks, seed):
         path = folder / f"lofi-{plan.index:03d}.wav"
@@ -64,7 +69,7 @@ def render_builtin_corpus(
             }
         )
     stamp = {"synth_version": SYNTH_VERSION, "settings": settings, "tracks": entries}
-    _write_bytes_atomic(folder / STAMP_NAME, json.dumps(stamp, indent=1).encode("utf-8"))
+    _write_bytes_atomic(corpus_stamp(folder), json.dumps(stamp, indent=1).encode("utf-8"))
     return [folder / e["file"] for e in entries]
 
 
@@ -88,7 +93,7 @@ def _check(tracks: int, seconds: float, sr: int, seed: int) -> None:
 def _complete_tracks(folder: Path, settings: dict[str, Any]) -> list[Path] | None:
     """The WAV paths if `folder` holds a finished rendering with these settings, else None."""
     try:
-        stamp = json.loads((folder / STAMP_NAME).read_text(encoding="utf-8"))
+        stamp = json.loads(corpus_stamp(folder).read_text(encoding="utf-8"))
         if stamp["synth_version"] != SYNTH_VERSION or stamp["settings"] != settings:
             return None
         paths = [(folder / e["file"], e["bytes"]) for e in stamp["tracks"]]
