@@ -8,12 +8,15 @@ Two models with random weights (speed does not depend on the weights), one strea
 - sample-level: a 2 x 256 mu-law seq2seq (frame_size 1), context 1024, chunk 1024;
 - tiered: the same LSTMs with frame_size 16 and a slow top tier top_frame_size 256.
 
-For each, `carry=state` (the encoder's running state moves on over every new chunk) and
-`carry=window` (every chunk re-encodes the last `context_len` samples). Printed per minute of
-audio: the real-time factor (audio seconds per wall second) and the process's resident memory;
-then minute N's cost per sample against minute 1's (flat = 1.00) and the streamed rate against
-the baseline measured in the same run: the bare fused decode of one chunk after another from one
-encoded state (`backend.decode`, no encoder, no stream bookkeeping).
+For each, `carry=state` (the encoder's running state moves on over every new chunk: in the C
+kernel for the sample-level model, `engine.encoder_for`; the tiered model's top tier in torch),
+for the sample-level model also `state/torch` (the same stream with the torch encoder, what
+carry=state ran before the fused encoder), and `carry=window` (every chunk re-encodes the last
+`context_len` samples). Printed per minute of audio: the real-time factor (audio seconds per
+wall second) and the process's resident memory; then minute N's cost per sample against minute
+1's (flat = 1.00) and the streamed rate against the baseline measured in the same run: the bare
+fused decode of one chunk after another from one encoded state (`backend.decode`, no encoder,
+no stream bookkeeping).
 """
 
 from __future__ import annotations
@@ -66,10 +69,13 @@ def bare_decode_rate(module: Seq2SeqModule, seconds: float) -> float:
 
 
 def minutes_of(module: Seq2SeqModule, carry: str, minutes: float) -> list[tuple[float, float]]:
-    """(RTF, RSS MB) of each minute of one streamed take."""
+    """(RTF, RSS MB) of each minute of one streamed take; carry "state/torch" is carry=state
+    with the family's torch encoder instead of the fused one."""
     sr = module.sample_rate
     prime = 0.1 * torch.sin(torch.arange(module.context_len) * 0.05)[None]
-    stream = Stream(module, prime, sampling=Sampling(0.9), carry=carry)
+    stream = Stream(module, prime, sampling=Sampling(0.9), carry=carry.split("/")[0])
+    if carry == "state/torch":
+        stream.encoder = None
     piece, per_minute = round(READ_S * sr), round(60 * sr)
     rows = []
     for _ in range(max(1, round(minutes))):
@@ -93,14 +99,15 @@ def main() -> None:
         baseline = bare_decode_rate(module, seconds=5.0)
         print(f"\n{name}: bare fused decode {baseline / args.sr:.2f}x real time (baseline)")
         print(
-            f"{'carry':7} {'minute':>6} {'RTF':>7} {'RSS MB':>8} {'cost vs min 1':>14} {'vs baseline':>12}"
+            f"{'carry':11} {'minute':>6} {'RTF':>7} {'RSS MB':>8} {'cost vs min 1':>14} {'vs baseline':>12}"
         )
-        for carry in ("state", "window"):
+        carries = ("state", "window") if tiered else ("state", "state/torch", "window")
+        for carry in carries:
             rows = minutes_of(module, carry, args.minutes)
             first = rows[0][0]
             for minute, (rtf, rss) in enumerate(rows, start=1):
                 print(
-                    f"{carry:7} {minute:>6} {rtf:>6.2f}x {rss:>8.0f} {first / rtf:>14.2f} "
+                    f"{carry:11} {minute:>6} {rtf:>6.2f}x {rss:>8.0f} {first / rtf:>14.2f} "
                     f"{rtf * args.sr / baseline:>12.2f}"
                 )
 

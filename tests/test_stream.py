@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lofibeats.errors import ConfigError
+from lofibeats.generation.engine import encoder_for
 from lofibeats.generation.stream import Stream
 from lofibeats.generation.style import style_path
 from lofibeats.models.gan import GanModule
@@ -102,8 +103,9 @@ def test_fused_stream_equals_reference(kind: str, carry: str) -> None:
 
 
 def test_state_carry_encodes_each_sample_once(monkeypatch) -> None:
-    """State carry: the prime once, then only each new block (constant cost per sample); window
-    carry re-encodes the whole context for every block."""
+    """State carry: the prime once, then only each new block (constant cost per sample), in
+    torch (reference) or in the fused encoder; window carry re-encodes the whole context for
+    every block."""
     module = build("seq2seq")
     lengths = []
     original = module.net.encoder_state
@@ -113,13 +115,83 @@ def test_state_carry_encodes_each_sample_once(monkeypatch) -> None:
         return original(tokens, state)
 
     monkeypatch.setattr(module.net, "encoder_state", spy)
-    stream = Stream(module, prime(), carry="state")
+    stream = Stream(module, prime(), carry="state", engine="reference")
+    assert stream.encoder is None
     stream.read(module.chunk_len * 10)
     assert lengths[0] == module.context_len and set(lengths[1:]) == {module.chunk_len}
     assert stream.history.shape[1] == module.context_len
     lengths.clear()
+    stream = Stream(module, prime(), carry="state")
+    fused, moved = stream.encoder.advance, []
+
+    def advance(state, tokens):
+        moved.append(tokens.shape[1])
+        return fused(state, tokens)
+
+    stream.encoder.advance = advance
+    stream.read(module.chunk_len * 10)
+    assert lengths == [module.context_len] and moved == [module.chunk_len] * 10
+    lengths.clear()
     Stream(module, prime(), carry="window").read(module.chunk_len * 10)
     assert lengths == [module.context_len] * 10
+
+
+@pytest.mark.parametrize(
+    ("head", "hidden", "layers", "rows", "steps"),
+    [("mulaw", 16, 2, 2, 300), ("mulaw", 13, 3, 1, 150), ("regression", 16, 2, 3, 100)],
+)
+@torch.inference_mode()
+def test_fused_encoder_moves_the_state_like_the_torch_encoder(
+    head: str, hidden: int, layers: int, rows: int, steps: int
+) -> None:
+    """`encoder_for`'s C encoder over known tokens == `net.encoder_state` from the same state
+    (4H = 52 pads the kernel's gate rows; 300 steps span several time blocks)."""
+    torch.manual_seed(0)
+    module = Seq2SeqModule(**{**SMALL, "hidden": hidden, "layers": layers}, head=head).eval()
+    with torch.no_grad():
+        for name, p in module.net.encoder.named_parameters():
+            p.normal_(0.0, 0.3 if "bias" in name or name in ("h0", "c0") else 0.2)
+    net = module.net
+    encoder = encoder_for(net, "auto", torch.device("cpu"))
+    assert encoder is not None and encoder_for(net, "reference", torch.device("cpu")) is None
+    start = net.encoder_state(net.head.tokens(prime(rows)))
+    tokens = net.head.tokens(prime(rows, steps + 7)[:, 7:] * 1.5 - 0.2)
+    before = [s.clone() for s in start]
+    got, want = encoder.advance(start, tokens), net.encoder_state(tokens, start)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)  # float32 defaults: rtol 1.3e-6, atol 1e-5
+    assert all(torch.equal(a, b) for a, b in zip(start, before, strict=True))  # not in place
+    if head == "mulaw":
+        with pytest.raises(ValueError, match="valid classes"):
+            encoder.advance(start, torch.full((rows, 3), 256))
+    tiered = build("tiered").net
+    assert (
+        tiered.encoder_weights() is None
+        and encoder_for(tiered, "auto", torch.device("cpu")) is None
+    )
+
+
+@pytest.mark.parametrize("kind", ["seq2seq", "vseq2seq"])
+@pytest.mark.parametrize(
+    "sampling", [Sampling(decoding="greedy"), Sampling(0.9)], ids=["greedy", "sampled"]
+)
+def test_state_carry_with_the_fused_encoder_equals_the_reference(kind: str, sampling) -> None:
+    """carry=state over 12 blocks: the fused decode + fused encoder give the reference's tokens
+    (greedy: all; sampled: all but where a uniform lands within rounding of a CDF step)."""
+    module = build(kind)
+    out = {}
+    for engine in ("reference", "fused"):
+        p = prime()
+        options = latent_options(module, p, 12 * module.chunk_len)
+        stream = Stream(
+            module, p, sampling=sampling, seed=5, engine=engine, carry="state", **options
+        )
+        assert (stream.encoder is None) == (engine == "reference")
+        out[engine] = stream.read(12 * module.chunk_len)
+    if sampling.is_greedy:
+        assert torch.equal(out["fused"], out["reference"])
+    else:
+        assert (out["fused"] != out["reference"]).float().mean() < 0.01
 
 
 def test_state_and_window_carry_agree_on_the_first_block() -> None:

@@ -3,7 +3,8 @@
 Every gate-width vector is zero-padded to a multiple of the kernel's panel width and every
 matrix is packed into panels (see `pack_panels`); the kernel then runs a whole chunk per call
 with the GIL released (ctypes drops it during foreign calls).
-`CBackend` runs sample-level seq2seq models, `CFrameBackend` a frame model's two-tier loop.
+`CBackend` runs sample-level seq2seq models, `CFrameBackend` a frame model's two-tier loop and
+`CEncoder` a sample-level encoder over tokens a stream has generated.
 """
 
 from __future__ import annotations
@@ -73,6 +74,32 @@ class _PackedLSTM:
             ctypes.cast(weights, ctypes.POINTER(ctypes.c_void_p)),
             ctypes.cast(bias, ctypes.POINTER(ctypes.c_void_p)),
         )
+
+
+class CEncoder:
+    """An LSTM stack's move over known tokens in the kernel (`lofi_encode`: layer 0 a table
+    lookup, each higher layer's input projection one product per block); CPU float32 only."""
+
+    def __init__(self, lib: ctypes.CDLL, encoder: FusedLSTM) -> None:
+        self.lib, self.lstm = lib, _PackedLSTM(encoder)
+        self.mulaw = encoder.n_classes > 0
+
+    def advance(self, state: LSTMState, tokens: torch.Tensor) -> LSTMState:
+        """The state after reading `tokens` ([B, T] classes, or floats for the regression head)
+        from `state` ([L, B, H] each, not modified)."""
+        h, c = (s.to(torch.float32).contiguous().clone() for s in state)
+        tokens = tokens.contiguous() if self.mulaw else tokens.to(torch.float32).contiguous()
+        status = self.lib.lofi_encode(
+            ctypes.byref(self.lstm.spec),
+            tokens.shape[0],
+            tokens.shape[1],
+            h.data_ptr(),
+            c.data_ptr(),
+            tokens.data_ptr() if self.mulaw else None,
+            None if self.mulaw else tokens.data_ptr(),
+        )
+        _check(status, "the encoder inputs (are the tokens valid classes?)")
+        return h, c
 
 
 class _PackedHead:

@@ -15,6 +15,10 @@ family. Backends, all giving the same samples for the same random draws:
 - `FusedFrameBackend`: a frame model's two-tier loop (frame LSTM + sample tier) in the C kernel,
   with `FrameSampler`'s draws.
 
+A stream that carries state also moves the family's encoder over every block it generates
+(`follow`); `encoder_for` runs that move in the C kernel too (`CEncoder`) where the family
+describes a sample-level encoder (`EncoderWeights`), the torch encoder being its reference.
+
 Outputs match the reference up to fp32 summation order: greedy decoding gives the same classes,
 sampling the same classes except where a uniform lands within rounding of a CDF step.
 
@@ -32,7 +36,7 @@ from typing import Any, Protocol
 import torch
 
 from lofibeats.errors import ConfigError
-from lofibeats.generation.backend_c import CBackend, CFrameBackend
+from lofibeats.generation.backend_c import CBackend, CEncoder, CFrameBackend
 from lofibeats.generation.backend_torch import TorchBackend
 from lofibeats.generation.fused import fuse_frame_lstm, fuse_head, fuse_lstm
 from lofibeats.generation.kernel import load_kernel
@@ -164,6 +168,17 @@ class FusedFrameBackend:
             top_p=sampling.top_p,
         )
         return tokens[:, :n_samples].to(start.context.device), state
+
+
+def encoder_for(net: AutoregressiveNet, engine: str, device: torch.device) -> CEncoder | None:
+    """What moves a stream's encoder state over each generated block: the C kernel unless
+    `engine` is "reference", the encoder reads frames (a slow top tier) or the kernel cannot run
+    here; None means the family's torch encoder (inside `net.follow`)."""
+    weights = net.encoder_weights()
+    if choice(engine, ENGINES, "engine") == "reference" or weights is None or device.type != "cpu":
+        return None
+    lib = load_kernel()
+    return None if lib is None else CEncoder(lib, fuse_lstm(weights.lstm, weights.embed))
 
 
 def backend_for(weights: DecoderWeights, engine: str, device: torch.device) -> Backend:

@@ -29,9 +29,9 @@ from typing import Any
 from filelock import FileLock
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_engine.c"
-ABI = 3  # must match LOFI_ABI in the C source
+ABI = 4  # must match LOFI_ABI in the C source
 PANEL = 16  # must match LOFI_NB: columns per packed weight panel
-EXPORTS = ("lofi_abi", "lofi_decode", "lofi_frames")
+EXPORTS = ("lofi_abi", "lofi_encode", "lofi_decode", "lofi_frames")
 
 _UNIX_FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math")
 _MSVC_FLAGS = ("/O2",)
@@ -161,6 +161,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     tier = ctypes.POINTER(FrameTierSpec)
     lib.lofi_abi.restype = ctypes.c_int
     lib.lofi_abi.argtypes = []
+    lib.lofi_encode.restype = ctypes.c_int
+    lib.lofi_encode.argtypes = [lstm, _I32, _I32, _P, _P, _P, _P]
     lib.lofi_decode.restype = ctypes.c_int
     lib.lofi_decode.argtypes = [
         *(lstm, head, _I32, _I32, _P, _P, _P, _P, _P, _I64, _I64, _P, _I32, _F32, _F32, _P, _P)

@@ -15,7 +15,8 @@ Two ways to carry what was heard from one block to the next (`carry`):
 - ``"state"`` (autoregressive families): the prime is encoded once; after each block the
   family's running summary moves on over just that block (`net.follow`: seq2seq's encoder
   state, as models trained on consecutive windows with `data.mode=stream` carry it), so a block
-  costs its decode plus one encoder pass over itself, whatever came before.
+  costs its decode plus one encoder pass over itself, whatever came before. Where the decode is
+  fused, that pass is too (`engine.encoder_for`: a sample-level encoder in the C kernel).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import torch
 
 from lofibeats.errors import ConfigError
-from lofibeats.generation.engine import Continuation
+from lofibeats.generation.engine import Continuation, encoder_for
 from lofibeats.generation.style import StyleChange, StylePath
 from lofibeats.models.base import LofiModule
 from lofibeats.models.decoding import AutoregressiveNet, DecodeStart
@@ -133,6 +134,7 @@ class Stream:
             prime = silence_prime(rows, self.context_len, self.generator, device)
         self.history = prime[:, -self.context_len :].to(device=device, dtype=torch.float32)
         self.continuation = Continuation(module, engine)
+        self.encoder = None  # a fused encoder for carry=state (None: the family's own)
         self.fades = (
             tuple(c.to(device) for c in fade_curves(self.crossfade, fade))
             if self.crossfade
@@ -149,6 +151,7 @@ class Stream:
                 )
             if self.crossfade:
                 raise ConfigError("options.crossfade: carry=state has no seams; use 0")
+            self.encoder = encoder_for(module.net, engine, device)
 
     @property
     def engine(self) -> str:
@@ -243,5 +246,8 @@ class Stream:
         if self._start is None:
             self._start = net.start(self.history, n, self.generator, **self.options)
         tokens, _ = self.continuation.backend.decode(self._start, n, self.sampling, self.generator)
-        self._start = net.follow(self._start, tokens, n, self.generator, **self.options)
+        memory = None if self.encoder is None else self.encoder.advance(self._start.memory, tokens)
+        self._start = net.follow(
+            self._start, tokens, n, self.generator, memory=memory, **self.options
+        )
         return net.head.audio(tokens)

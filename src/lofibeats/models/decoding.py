@@ -9,6 +9,8 @@ A sample-level (or frame-level) family *describes* a decode; a backend (`lofibea
 - `DecodeStart`: where one decode begins: the decoder state, the tokens just before the first
   output (1 for a sample-level model, one frame of k for a frame model) and any per-step
   conditioning (vseq2seq's z path).
+- `EncoderWeights`: the encoder whose running state a stream moves on over every block it
+  generates (`follow`), so that a backend can run that move fused too.
 
 With the `Sampling` knobs, that is everything a decode needs: the reference loop, the fused
 torch loop and the C kernel all take the same three values. A family that continues audio in
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from lofibeats.models.frame_tier import SampleTier
 from lofibeats.models.heads import Head
@@ -41,6 +44,16 @@ class DecoderWeights:
     def frame_size(self) -> int:
         """Samples per decoder LSTM step (1: sample-level)."""
         return 1 if self.sample_tier is None else self.sample_tier.frame_size
+
+
+@dataclass(frozen=True)
+class EncoderWeights:
+    """A sample-level encoder: `lstm` reads `embed(token)` per sample; no head, no sampling.
+    Its move over tokens from a state is `nn.LSTM`'s (the family's `encoder_state`, the
+    reference); a fused backend folds it like the decoder's layer 0 (a table per token)."""
+
+    embed: InputEmbedding
+    lstm: nn.LSTM
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,11 @@ class AutoregressiveNet(Protocol):
 
     def decoder_weights(self) -> DecoderWeights: ...
 
+    def encoder_weights(self) -> EncoderWeights | None:
+        """The encoder `follow` moves over each block, or None where it reads frames (a slow
+        top tier: a few steps per block, left to the family)."""
+        ...
+
     def start(
         self,
         prev: torch.Tensor,
@@ -90,10 +108,14 @@ class AutoregressiveNet(Protocol):
         tokens: torch.Tensor,
         n_samples: int,
         generator: torch.Generator | None = None,
+        *,
+        memory: LSTMState | None = None,
         **options: Any,
     ) -> DecodeStart:
         """The start of the next block of a stream, after `start` decoded `tokens` [B, n]: the
-        running summary of everything heard moves on over `tokens`; nothing is re-encoded."""
+        running summary of everything heard moves on over `tokens`; nothing is re-encoded.
+        `memory`: that summary already moved by the caller (a fused run of `encoder_weights()`
+        from `start.memory`); None: the family's own encoder moves it."""
         ...
 
 

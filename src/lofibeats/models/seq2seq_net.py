@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from lofibeats.models.configs import Seq2SeqConfig
-from lofibeats.models.decoding import DecoderWeights, DecodeStart
+from lofibeats.models.decoding import DecoderWeights, DecodeStart, EncoderWeights
 from lofibeats.models.frame_tier import SampleTier, frame_values, left_pad
 from lofibeats.models.heads import build_head
 from lofibeats.models.networks import Decoder, Encoder, InputEmbedding, LSTMState
@@ -149,6 +149,10 @@ class Seq2SeqNet(nn.Module):
     def decoder_weights(self) -> DecoderWeights:
         return DecoderWeights(self.embed, self.decoder, self.head, self.sample_tier)
 
+    def encoder_weights(self) -> EncoderWeights | None:
+        """The sample-level encoder (None for a slow top tier, which reads frames)."""
+        return EncoderWeights(self.embed, self.encoder.lstm) if self.top_frame_size == 1 else None
+
     def start(
         self, prev: torch.Tensor, n_samples: int, generator: torch.Generator | None = None
     ) -> DecodeStart:
@@ -163,11 +167,14 @@ class Seq2SeqNet(nn.Module):
         tokens: torch.Tensor,
         n_samples: int,
         generator: torch.Generator | None = None,
+        *,
+        memory: LSTMState | None = None,
     ) -> DecodeStart:
         """The next block starts where training on consecutive windows (data.mode=stream) left
-        the model: the encoder's running state moves on over the generated `tokens` and starts
-        the decoder again."""
-        memory = self.encoder_state(tokens, start.memory)
+        the model: the encoder's running state moves on over the generated `tokens` (or is
+        `memory`, moved by a fused encoder) and starts the decoder again."""
+        if memory is None:
+            memory = self.encoder_state(tokens, start.memory)
         return DecodeStart(memory, self.context(tokens), memory=memory)
 
     def extra_repr(self) -> str:

@@ -137,11 +137,14 @@ class VSeq2SeqNet(Seq2SeqNet):
         *,
         z: torch.Tensor | LatentPath | None = None,
         creativity: float = DEFAULT_CREATIVITY,
+        memory: LSTMState | None = None,
     ) -> DecodeStart:
-        """The next block of a stream: the encoder's running state moves on over `tokens`; z
-        comes from `z` (a path or a fixed z), else is drawn anew from the posterior of that
-        state (as training on consecutive windows draws one z per window)."""
-        memory = self.encoder_state(tokens, start.memory)
+        """The next block of a stream: the encoder's running state moves on over `tokens` (or
+        is `memory`, moved by a fused encoder); z comes from `z` (a path or a fixed z), else is
+        drawn anew from the posterior of that state (as training on consecutive windows draws
+        one z per window)."""
+        if memory is None:
+            memory = self.encoder_state(tokens, start.memory)
         if z is None:
             mu, logvar = self.posterior_head(memory)
             z = reparameterize(mu, logvar, number(creativity, "creativity", low=0.0), generator)
