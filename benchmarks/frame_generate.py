@@ -10,7 +10,9 @@ models the frame LSTM in torch and the per-sample NumPy loop of `FrameSampler`) 
 `FusedFrameBackend` above); each chunk is `net.start` + the backend's decode. Prints
 samples/s, the real-time factor (audio seconds per wall second), the ratio engine / reference
 per frame size and the ratio to the reference at frame_size=1, all measured in the same run
-(the best of `--repeats` runs each).
+(the best of `--repeats` runs each). Then the same for vseq2seq frame models with z at every
+frame step (`z_every_step`, the default, which style change needs): z inferred from each chunk's
+`prev`, the frame LSTM conditioned on it (the kernel's conditioned frame path).
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ import torch
 
 from lofibeats.generation.engine import Continuation
 from lofibeats.models.seq2seq import Seq2SeqModule
+from lofibeats.models.vseq2seq import VSeq2SeqModule
 
 SR = 16000
 FRAME_SIZES = (1, 4, 16)
 
 
-def build(frame_size: int, hidden: int) -> Seq2SeqModule:
+def build(frame_size: int, hidden: int, latent: bool = False) -> Seq2SeqModule:
+    """A seq2seq, or (`latent`) a vseq2seq with z at every decoder step, with random weights."""
     torch.manual_seed(0)
-    return Seq2SeqModule(
+    cls = VSeq2SeqModule if latent else Seq2SeqModule
+    return cls(
         sr=SR, prev_len_max=1024, next_len=4096, hidden=hidden, layers=2, frame_size=frame_size
     ).eval()
 
@@ -62,9 +67,12 @@ def main() -> None:
         f"2 x {args.hidden} LSTM, mu-law, 1 stream, {SR} Hz, {n_samples} samples, "
         f"{args.threads} thread(s)"
     )
-    baseline = None
-    for frame_size in FRAME_SIZES:
-        module = build(frame_size, args.hidden)
+    baseline = family = None
+    cases = [(False, k) for k in FRAME_SIZES] + [(True, k) for k in FRAME_SIZES[1:]]
+    for latent, frame_size in cases:
+        module = build(frame_size, args.hidden, latent)
+        if family != (family := "vseq2seq, z_every_step" if latent else "seq2seq"):
+            print(family)
         paths = {"reference": Continuation(module, "reference"), "engine": Continuation(module)}
         rates = {}
         for name, run in paths.items():

@@ -298,21 +298,66 @@ def test_vseq2seq_frame_model_with_z_initial_only_runs_the_frame_backend(samplin
     _assert_same_samples(ref, out, "mulaw", sampling)
 
 
-def test_vseq2seq_frame_model_with_z_every_step_runs_the_reference() -> None:
-    """No fused backend reads a conditioned frame decoder: auto runs the reference loop and
-    engine=fused is a config error."""
+FRAME_LATENT_CASES = {
+    "greedy": (GREEDY, {}),  # z inferred from prev with the default creativity
+    "gumbel": (Sampling(), {"creativity": 1.0}),
+    "top_p": (Sampling(temperature=0.7, top_p=0.8), {"creativity": 0.5}),
+    "one_z": (Sampling(), {"z": "one"}),
+    "z_path": (GREEDY, {"z": "per_step"}),
+    "z_path_gumbel": (Sampling(), {"z": "per_step"}),
+}
+
+
+@pytest.mark.parametrize("case", list(FRAME_LATENT_CASES))
+@pytest.mark.parametrize("rows", [1, 3])
+def test_vseq2seq_frame_model_with_z_every_step_runs_the_frame_backend(
+    rows: int, case: str
+) -> None:
+    """A conditioned frame LSTM in the kernel: each frame reads its first sample's z (one z or
+    one per sample, which a style change makes); 90 samples end mid-frame."""
     module = _latent_model("mulaw", z_every_step=True, frame_size=4)
     weights = module.net.decoder_weights()
     assert weights.frame_size == 4 and weights.decoder.cond_dim == 4
-    assert isinstance(backend_for(weights, "auto", CPU), ReferenceBackend)
+    assert isinstance(backend_for(weights, "auto", CPU), FusedFrameBackend)
     assert isinstance(backend_for(weights, "reference", CPU), ReferenceBackend)
-    with pytest.raises(ConfigError, match="engine=fused"):
-        backend_for(weights, "fused", CPU)
-    with pytest.raises(ConfigError, match="engine=fused"):
-        Continuation(module, "fused")
-    assert describe(module, "auto") == "reference"
-    ref, out = _pair(module, Continuation(module, "auto"), _prev(2, 61), 40, Sampling())
-    assert torch.equal(out, ref)
+    sampling, options = FRAME_LATENT_CASES[case]
+    options = _latent_options(options, rows, 90)
+    ref, out = _pair(module, _frame_fused(module), _prev(rows, 61), 90, sampling, **options)
+    _assert_same_samples(ref, out, "mulaw", sampling)
+
+
+@pytest.mark.parametrize("case", ["creative", "z_path"])
+def test_vseq2seq_regression_frame_model_with_z_every_step_matches(case: str) -> None:
+    module = _latent_model("regression", z_every_step=True, frame_size=4)
+    sampling, options = LATENT_CASES[case]
+    options = _latent_options(options, 2, 70)
+    ref, out = _pair(module, _frame_fused(module), _prev(2, 61), 70, sampling, **options)
+    _assert_same_samples(ref, out, "regression", sampling)
+
+
+@torch.no_grad()
+def test_frame_backend_reads_the_cond_of_each_frames_first_sample() -> None:
+    """Changing z inside a frame (not at its first sample) changes nothing; from a frame's first
+    sample on it changes the frames from there; the fused and reference decodes agree."""
+    module = _latent_model("mulaw", z_every_step=True, frame_size=4)
+    net, prev = module.net, _prev(2, 61)
+    path = torch.randn(2, 40, 4, generator=torch.Generator().manual_seed(3))
+    inside, at = path.clone(), path.clone()
+    inside[:, 21:24] += 2.0  # samples 21-23: inside frame 5
+    at[:, 24:] += 2.0  # from frame 6 on
+    fused = FusedFrameBackend(net.decoder_weights(), kernel.load_kernel())
+    reference = ReferenceBackend(net.decoder_weights())
+    out, states = {}, {}
+    for name, z in (("path", path), ("inside", inside), ("at", at)):
+        start = net.start(prev, 40, z=z)
+        out[name], states[name] = fused.decode(start, 40, GREEDY)
+        ref, ref_state = reference.decode(start, 40, GREEDY)
+        assert torch.equal(out[name], ref)
+        torch.testing.assert_close(states[name], ref_state)
+    assert torch.equal(out["inside"], out["path"])
+    assert all(torch.equal(a, b) for a, b in zip(states["inside"], states["path"], strict=True))
+    assert torch.equal(out["at"][:, :24], out["path"][:, :24])
+    assert not torch.allclose(states["at"][0], states["path"][0])
 
 
 def test_vseq2seq_routing_and_long_form() -> None:

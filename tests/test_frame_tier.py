@@ -212,7 +212,7 @@ def test_vseq2seq_frames_train_and_generate_with_z_conditioning_each_frame() -> 
     assert torch.isfinite(trainer.callback_metrics["val/elbo_bits"])
     model.eval()
     net = model.net
-    assert Continuation(model, "auto").name == "reference"  # a conditioned frame decoder
+    assert Continuation(model, "auto").name == "fused (C kernel)"  # a conditioned frame LSTM
     prev, _ = sines(2, seed=2)
     z = net.latent_from_audio(prev)
     out = continue_audio(model, prev, NEXT, sampling=GREEDY, z=z)

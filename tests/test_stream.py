@@ -85,7 +85,7 @@ def test_chunk_sizes_do_not_change_the_audio(kind: str, carry: str) -> None:
     assert takes[1].abs().max() <= 1.0 and takes[1].std() > 0
 
 
-@pytest.mark.parametrize("kind", ["seq2seq", "regression", "frame", "tiered", "vseq2seq"])
+@pytest.mark.parametrize("kind", ["seq2seq", "regression", "frame", "tiered", "vseq2seq", "vframe"])
 @pytest.mark.parametrize("carry", ["window", "state"])
 def test_fused_stream_equals_reference(kind: str, carry: str) -> None:
     module = build(kind)
@@ -234,6 +234,27 @@ def test_style_and_creativity_knobs_move_z_from_the_next_block() -> None:
     ):
         moved = take(change)
         assert torch.equal(moved[:, :n], plain[:, :n]) and not torch.equal(moved, plain)
+
+
+@pytest.mark.parametrize("carry", ["window", "state"])
+def test_a_style_change_in_a_conditioned_frame_model_is_fused_like_the_reference(carry) -> None:
+    """vseq2seq with z at every frame step (what the live page plays): a style change and a
+    creativity change mid-take through the C frame backend give the reference's audio."""
+    module = build("vframe")
+    assert module.net.decoder_weights().decoder.cond_dim == 4
+    n, out = module.chunk_len, {}
+    for engine in ("reference", "fused"):
+        p = prime()
+        stream = Stream(
+            module, p, seed=6, engine=engine, carry=carry, **latent_options(module, p, 6 * n)
+        )
+        assert stream.engine == {"reference": "reference", "fused": "fused (C kernel)"}[engine]
+        first = stream.read(n + 3)
+        stream.style.change_to(torch.full((4,), 2.0), blend=n // 2)
+        second = stream.read(2 * n)
+        stream.style.set_creativity(3.0)
+        out[engine] = torch.cat([first, second, stream.read(3 * n - 3)], dim=1)
+    assert (out["fused"] != out["reference"]).float().mean() < 0.01
 
 
 def test_style_knobs_need_a_latent_and_state_carry_needs_a_decoder() -> None:

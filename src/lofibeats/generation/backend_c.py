@@ -49,6 +49,20 @@ def _check(status: int, what: str) -> None:
         )
 
 
+def _cond_strides(
+    cond_gates: torch.Tensor | None, n_gates: int, steps: int
+) -> tuple[torch.Tensor | None, int, int]:
+    """Conditioning gates ([B, G] for every step or [B, T >= steps, G]) padded to the kernel's
+    gate width, with their row and step strides (0 for a constant)."""
+    if cond_gates is None:
+        return None, 0, 0
+    cond_gates = pad_last(cond_gates.to(torch.float32), n_gates)
+    per_step = cond_gates.dim() == 3
+    if per_step and cond_gates.shape[1] < steps:
+        raise ValueError(f"a per-step cond needs {steps} steps, got {cond_gates.shape[1]}")
+    return cond_gates, cond_gates.stride(0), cond_gates.stride(1) if per_step else 0
+
+
 class _PackedLSTM:
     """A FusedLSTM in the kernel's layout, with the C struct that points into it."""
 
@@ -143,16 +157,7 @@ class CBackend:
         batch = first.shape[0]
         first = first.contiguous() if self.mulaw else first.to(torch.float32).contiguous()
         out = torch.empty(batch, n_samples, dtype=torch.long if self.mulaw else torch.float32)
-        cond_b = cond_t = 0
-        if cond_gates is not None:
-            cond_gates = pad_last(cond_gates.to(torch.float32), self.decoder.n_gates)
-            per_step = cond_gates.dim() == 3
-            if per_step and cond_gates.shape[1] < n_samples:
-                raise ValueError(
-                    f"a per-step cond needs {n_samples} steps, got {cond_gates.shape[1]}"
-                )
-            cond_b = cond_gates.stride(0)
-            cond_t = cond_gates.stride(1) if per_step else 0
+        cond_gates, cond_b, cond_t = _cond_strides(cond_gates, self.decoder.n_gates, n_samples)
         if draws is not None:
             draws = draws.to(torch.float32).contiguous()
         status = self.lib.lofi_decode(
@@ -242,9 +247,11 @@ class CFrameBackend:
         draws: torch.Tensor | None,
         temperature: float,
         top_p: float | None,
+        cond_gates: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LSTMState]:
         """Tokens [B, frames k] after `context` (the k tokens before them, [B, k]) from the
-        frame LSTM's `state`, and its final state.
+        frame LSTM's `state`, and its final state. `cond_gates`: the frame LSTM's conditioning
+        already projected to gate width, [B, G] for every frame or [B, frames, G] per frame.
 
         mu-law: `offsets` ([n, B, V], broadcastable) are added to the logits before an argmax
         (the output bias, plus T * Gumbel noise when sampling); `draws` ([n, B] uniforms)
@@ -263,6 +270,7 @@ class CFrameBackend:
         if draws is not None:
             draws = draws.to(torch.float32).contiguous()
         nucleus = self.mulaw and draws is not None
+        cond_gates, cond_b, cond_t = _cond_strides(cond_gates, self.lstm.n_gates, frames)
         status = self.lib.lofi_frames(
             ctypes.byref(self.lstm.spec),
             ctypes.byref(self.tier.spec),
@@ -272,6 +280,9 @@ class CFrameBackend:
             c.data_ptr(),
             context.data_ptr() if self.mulaw else None,
             None if self.mulaw else context.data_ptr(),
+            _ptr(cond_gates),
+            cond_b,
+            cond_t,
             _ptr(offsets),
             off_t,
             off_b,

@@ -13,7 +13,8 @@ family. Backends, all giving the same samples for the same random draws:
   CPU, in PyTorch (`backend_torch.py`). Per-sample latency, not arithmetic, bounds the reference
   (about 1.7 MFLOP per sample for a 2 x 256 LSTM), which is what fusing removes.
 - `FusedFrameBackend`: a frame model's two-tier loop (frame LSTM + sample tier) in the C kernel,
-  with `FrameSampler`'s draws.
+  with `FrameSampler`'s draws; a conditioned frame LSTM (vseq2seq's z) reads each frame's
+  first sample's cond, projected to gate width up front as `FusedBackend` does per sample.
 
 A stream that carries state also moves the family's encoder over every block it generates
 (`follow`); `encoder_for` runs that move in the C kernel too (`CEncoder`) where the family
@@ -126,17 +127,18 @@ class FusedBackend:
 
 class FusedFrameBackend:
     """A frame model's loop (frame LSTM + sample tier) for whole chunks in the C kernel, with the
-    random draws `FrameSampler` makes (same generator use). An unconditioned decoder only."""
+    random draws `FrameSampler` makes (same generator use)."""
 
     name = "fused (C kernel)"
 
     def __init__(self, weights: DecoderWeights, lib: ctypes.CDLL) -> None:
         tier = weights.sample_tier
-        if tier is None or weights.decoder.cond_dim:
-            raise ValueError("FusedFrameBackend runs unconditioned frame models only")
+        if tier is None:
+            raise ValueError("FusedFrameBackend runs frame models only; use FusedBackend")
         self.k = tier.frame_size
         self.sampler = FrameSampler(tier, weights.embed, weights.head)
-        self.impl = CFrameBackend(lib, fuse_frame_lstm(weights.decoder.lstm), tier, self.sampler)
+        self.lstm = fuse_frame_lstm(weights.decoder.lstm, weights.decoder.cond_dim)
+        self.impl = CFrameBackend(lib, self.lstm, tier, self.sampler)
 
     @torch.no_grad()
     def decode(
@@ -158,6 +160,9 @@ class FusedFrameBackend:
             offsets = bias.expand(n, batch, -1) if sampling.is_greedy else torch.from_numpy(noise)
         else:  # nucleus: the reference's head draws one uniform per stream and step
             draws = torch.rand(n, batch, generator=generator)
+        cond = start.cond
+        if cond is not None and cond.dim() == 3:  # per sample: a frame reads its first sample's
+            cond = cond[:, ::k]
         tokens, state = self.impl.generate(
             start.state,
             start.context,
@@ -166,6 +171,7 @@ class FusedFrameBackend:
             draws=draws,
             temperature=sampling.temperature,
             top_p=sampling.top_p,
+            cond_gates=self.lstm.cond_gates(cond),
         )
         return tokens[:, :n_samples].to(start.context.device), state
 
@@ -183,21 +189,13 @@ def encoder_for(net: AutoregressiveNet, engine: str, device: torch.device) -> CE
 
 def backend_for(weights: DecoderWeights, engine: str, device: torch.device) -> Backend:
     """The backend `engine` asks for: "reference", "fused" or "auto" (fused where one runs this
-    description; a frame model without the C kernel, or with a conditioned decoder, runs the
-    reference loop, and "fused" is then an error for a conditioned one)."""
+    description; a frame model without the C kernel runs the reference loop)."""
     engine = choice(engine, ENGINES, "engine")
     if engine == "reference":
         return ReferenceBackend(weights)
     lib = load_kernel() if device.type == "cpu" else None
     if weights.sample_tier is None:
         return FusedBackend(weights, lib)
-    if weights.decoder.cond_dim:
-        if engine == "fused":
-            raise ConfigError(
-                "engine=fused: a frame model with a latent decoder has no fused backend; "
-                "use engine=auto or reference"
-            )
-        return ReferenceBackend(weights)
     return ReferenceBackend(weights) if lib is None else FusedFrameBackend(weights, lib)
 
 

@@ -10,7 +10,8 @@ it cheaper without changing what it computes (up to fp32 rounding):
 - Layers l > 0 see [h_{l-1}, h_l] through one [2H x 4H] matrix (W_ih and W_hh stacked).
 
 A frame model's frame LSTM (`fuse_frame_lstm`) reads k float values per step: nothing to fold
-there, so its layer 0 is stacked like the others ([x, h_0] through one [(k + H) x 4H] matrix).
+there, so its layer 0 is stacked like the others ([x, h_0] through one [(k + H) x 4H] matrix);
+a conditioning input (vseq2seq's z) keeps its own weights there too.
 
 Folds are computed in float64 and stored in float32; matrices are stored transposed
 ([K, 4H]), the layout both engine backends read.
@@ -119,13 +120,18 @@ def _stacked_layers(p: dict[str, torch.Tensor], first: int, layers: int):
     return weights, biases
 
 
-def fuse_frame_lstm(lstm: nn.LSTM) -> FusedLSTM:
-    """A frame model's frame LSTM (float inputs of width k, no conditioning), every layer stacked."""
+def fuse_frame_lstm(lstm: nn.LSTM, cond_dim: int = 0) -> FusedLSTM:
+    """A frame model's frame LSTM (its input: k float values, then a cond of `cond_dim`), every
+    layer stacked; the cond's layer-0 weights apart (`FusedLSTM.cond_gates`)."""
     if lstm.bias is False or lstm.proj_size or lstm.bidirectional:
         raise ValueError("the fused engine handles unidirectional nn.LSTMs with biases only")
     p = {name: t.detach().to(torch.float64) for name, t in lstm.named_parameters()}
+    n_in = lstm.input_size - cond_dim
+    w_c = p["weight_ih_l0"][:, n_in:]
+    p["weight_ih_l0"] = p["weight_ih_l0"][:, :n_in]
     weights, biases = _stacked_layers(p, 0, lstm.num_layers)
-    return FusedLSTM(lstm.hidden_size, None, None, None, tuple(weights), tuple(biases), None)
+    cond_t = _f32(w_c.T) if cond_dim else None
+    return FusedLSTM(lstm.hidden_size, None, None, None, tuple(weights), tuple(biases), cond_t)
 
 
 def fuse_head(head: Head) -> FusedHead:

@@ -29,7 +29,7 @@ from typing import Any
 from filelock import FileLock
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_engine.c"
-ABI = 4  # must match LOFI_ABI in the C source
+ABI = 5  # must match LOFI_ABI in the C source
 PANEL = 16  # must match LOFI_NB: columns per packed weight panel
 EXPORTS = ("lofi_abi", "lofi_encode", "lofi_decode", "lofi_frames")
 
@@ -169,7 +169,8 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     ]
     lib.lofi_frames.restype = ctypes.c_int
     lib.lofi_frames.argtypes = [
-        *(lstm, tier, _I32, _I32, _P, _P, _P, _P, _P, _I64, _I64, _P, _I32, _F32, _F32, _P, _P)
+        *(lstm, tier, _I32, _I32, _P, _P, _P, _P, _P, _I64, _I64, _P, _I64, _I64, _P, _I32),
+        *(_F32, _F32, _P, _P),
     ]
     return lib
 

@@ -32,7 +32,7 @@
 
 #define LOFI_NB 16 /* columns per weight panel */
 #define LOFI_RB 6  /* rows per register tile (6 x 16 floats: 12 of 16 AVX registers) */
-#define LOFI_ABI 4 /* bumped whenever a struct or signature below changes */
+#define LOFI_ABI 5 /* bumped whenever a struct or signature below changes */
 
 enum { LOFI_OK = 0, LOFI_NO_MEMORY = 1, LOFI_BAD_ARGS = 2 };
 
@@ -534,11 +534,19 @@ done:
 /* ------------------------------------------------------------------ frame models */
 
 /* One step of a stack whose layer 0 reads a float vector x [rows, n_in] through stacked
- * [W_ih; W_hh]^T panels (K = n_in + H) and bias[0]: the frame LSTM of a frame model. */
+ * [W_ih; W_hh]^T panels (K = n_in + H) and bias[0]: the frame LSTM of a frame model. `cond`
+ * (or NULL): extra layer-0 gates of each row, cond[r * cond_b + :n_gates]. */
 static void frame_lstm_step(const LofiLSTM *net, const int rows, const int n_in, const float *x,
-                            float *h, float *c, float *gates) {
+                            const float *cond, const int64_t cond_b, float *h, float *c,
+                            float *gates) {
     const int L = net->layers, H = net->hidden, G = net->n_gates;
     fill_bias(rows, G, net->bias[0], gates);
+    if (cond)
+        for (int r = 0; r < rows; r++) {
+            const float *cr = cond + r * cond_b;
+            float *g = gates + (size_t)r * G;
+            for (int j = 0; j < G; j++) g[j] += cr[j];
+        }
     matmul_acc(rows, x, n_in, net->weights[0], n_in + H, 0, n_in, gates, G, G);
     matmul_acc(rows, h, H, net->weights[0], n_in + H, n_in, H, gates, G, G);
     lstm_cell(rows, H, G, gates, c, h);
@@ -573,6 +581,8 @@ static void add_contribution(const LofiFrameTier *tier, const int64_t cls, const
  * matrix products' summation order differs from it.
  *
  * context_class / context_value [batch, k]: the k tokens before the output (frame 0's input).
+ * cond: optional extra layer-0 gates of the frame LSTM, cond[b * cond_b + j * cond_t + :n_gates]
+ *   for frame j (cond_t = 0: the same every frame), already multiplied by its weights.
  * mu-law: logits = act @ W + offsets[t * off_t + b * off_b + :n_out] (the output bias, plus
  *   T * Gumbel noise when sampling: then argmax is an exact softmax draw); with nucleus != 0
  *   the class is drawn instead by inverse CDF (temperature, top_p) from the uniform
@@ -582,7 +592,8 @@ static void add_contribution(const LofiFrameTier *tier, const int64_t cls, const
  * Outputs [batch, frames * k]: classes (mu-law) or float samples (regression). */
 LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const int32_t batch,
                          const int32_t frames, float *h, float *c, const int64_t *context_class,
-                         const float *context_value, const float *offsets, const int64_t off_t,
+                         const float *context_value, const float *cond, const int64_t cond_b,
+                         const int64_t cond_t, const float *offsets, const int64_t off_t,
                          const int64_t off_b, const float *draws, const int32_t nucleus,
                          const float temperature, const float top_p, int64_t *out_class,
                          float *out_value) {
@@ -631,7 +642,7 @@ LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const i
                 else
                     x[ctx] = j ? out_value[at] : context_value[ctx];
             }
-        frame_lstm_step(net, B, K, x, h, c, gates);
+        frame_lstm_step(net, B, K, x, cond ? cond + j * cond_t : NULL, cond_b, h, c, gates);
         memset(up, 0, sizeof(float) * (size_t)B * NU);
         matmul_acc(B, top_h, H, tier->upsample, H, 0, H, up, NU, NU);
         for (int b = 0; b < B; b++) {
