@@ -196,6 +196,13 @@ def backend_for(weights: DecoderWeights, engine: str, device: torch.device) -> B
     lib = load_kernel() if device.type == "cpu" else None
     if weights.sample_tier is None:
         return FusedBackend(weights, lib)
+    if weights.lookback is not None:
+        if engine == "fused":
+            raise ConfigError(
+                "engine=fused: a frame model with a lookback has no fused backend; "
+                "use engine=auto or reference"
+            )
+        return ReferenceBackend(weights)
     return ReferenceBackend(weights) if lib is None else FusedFrameBackend(weights, lib)
 
 

@@ -2,7 +2,8 @@
 
 It is the oracle the fused backends are tested against: per sample it runs the embedding, the
 decoder's `step` (torch's LSTM cell per layer), the head and `Head.sample` as separate PyTorch
-calls; frame models run one decoder step per frame and `FrameSampler`'s per-sample loop.
+calls; frame models run one decoder step per frame and `FrameSampler`'s per-sample loop (with a
+lookback, each frame step first recalls from the frames before it: `LookbackReader`).
 Random draws come from `generator` in a fixed order (one [B] uniform vector per sample for the
 sample-level head; `FrameSampler`'s up-front draws for frame models), which the fused backends
 reproduce.
@@ -62,13 +63,25 @@ class ReferenceBackend:
         tier, k = weights.sample_tier, weights.frame_size
         assert tier is not None
         state = start.state
+        frames = -(-n_samples // k)
+        reader = None
+        if weights.lookback is not None:
+            reader = weights.lookback.reader(start.past, frames)
 
         def frame_step(frame_tokens: torch.Tensor, j: int) -> torch.Tensor:
             nonlocal state
             frame = frame_values(frame_tokens, weights.head.n_classes)
-            h, state = weights.decoder.step(frame, state, step_cond(start.cond, j * k))
-            return h
+            if reader is None:
+                h, state = weights.decoder.step(frame, state, step_cond(start.cond, j * k))
+                return h
+            if j > 0:  # frame 0 reads the context frame, which ends `start.past`
+                reader.push(frame)
+            recall = reader.read()
+            x = torch.cat([frame, recall], dim=-1)
+            h, state = weights.decoder.step(x, state, step_cond(start.cond, j * k))
+            return torch.cat([h, recall], dim=-1)
 
-        sampler = FrameSampler(tier, weights.embed, weights.head)
+        offset = weights.decoder.lstm.hidden_size  # a lookback frame step returns (h, recall)
+        sampler = FrameSampler(tier, weights.embed, weights.head, weights.copy, offset)
         tokens = sampler.generate(start.context, frame_step, n_samples, sampling, generator)
         return tokens, state

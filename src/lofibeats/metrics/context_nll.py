@@ -30,11 +30,12 @@ def _window_bits(net: Seq2SeqNet, prev: torch.Tensor, nxt: torch.Tensor) -> torc
     """Mean bits/sample of `nxt` [B, Tn] teacher-forced after the encoder read `prev` [B, Tp]."""
     prev_tokens, targets = net.head.tokens(prev), net.head.tokens(nxt)
     inputs = net.decoder_inputs(prev_tokens, targets)
+    recall = net.recall(prev_tokens, targets)
     if isinstance(net, VSeq2SeqNet):
         z, _ = net.posterior(prev_tokens)
-        out, _ = net.decode(inputs, net.latent_state(z), cond=net.cond(z))
+        out, _ = net.decode(inputs, net.latent_state(z), cond=net.cond(z), recall=recall)
     else:
-        out, _ = net.decode(inputs, net.encoder_state(prev_tokens))
+        out, _ = net.decode(inputs, net.encoder_state(prev_tokens), recall=recall)
     return net.head.nll_bits(out, targets)
 
 

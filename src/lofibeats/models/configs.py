@@ -18,6 +18,7 @@ from lofibeats.errors import ConfigError
 from lofibeats.models.frame_tier import check_frame_size
 from lofibeats.models.gan_losses import ADV_LOSSES
 from lofibeats.models.heads import HEADS
+from lofibeats.models.lookback import RECALL_SAMPLES
 from lofibeats.models.sampling import DECODINGS
 from lofibeats.units import to_samples
 from lofibeats.validate import choice, merge_options, number, numbers
@@ -100,6 +101,9 @@ class Seq2SeqConfig(ModelConfig):
     top_frame_size: int | None = None  # the encoder's frame (a slow top tier); None = frame_size
     input_dropout: float = 0.0  # P(a teacher-forced decoder input becomes silence), training only
     input_noise: float = 0.0  # std of gaussian noise on teacher-forced inputs (audio units)
+    lookback: int | str = 0  # farthest lag the decoder recalls from (frame models; 0 = off)
+    lookback_min: int | str = "0.1s"  # nearest lag it recalls from
+    lookback_dim: int = 32  # width of the descriptions it matches
 
     @classmethod
     def parse(cls, **given: Any) -> Seq2SeqConfig:
@@ -124,6 +128,7 @@ class Seq2SeqConfig(ModelConfig):
             )
         return {
             **values,
+            **_lookback(values, sr, frame_size, prev_len_max),
             "sr": sr,
             "prev_len_max": prev_len_max,
             "next_len": next_len,
@@ -153,6 +158,37 @@ class Seq2SeqConfig(ModelConfig):
                 values["sample_hidden"], "model.sample_hidden", kind=int, low=1
             ),
         }
+
+
+def _lookback(
+    values: dict[str, Any], sr: int, frame_size: int, prev_len_max: int
+) -> dict[str, Any]:
+    """The checked lookback keys, in samples (lookback 0: off)."""
+    dim = number(values["lookback_dim"], "model.lookback_dim", kind=int, low=1)
+    if values["lookback"] in (0, "0", None):
+        return {"lookback": 0, "lookback_min": values["lookback_min"], "lookback_dim": dim}
+    far = to_samples(values["lookback"], sr, "model.lookback")
+    near = to_samples(values["lookback_min"], sr, "model.lookback_min")
+    if frame_size == 1:
+        raise ConfigError(
+            "model.lookback needs a frame model: set model.frame_size (e.g. 16) or model.lookback=0"
+        )
+    if values["head"] != "mulaw":
+        raise ConfigError(
+            f"model.lookback needs model.head=mulaw (it copies classes), not {values['head']!r}"
+        )
+    if near < max(frame_size, RECALL_SAMPLES) or near >= far:
+        raise ConfigError(
+            f"model.lookback_min={values['lookback_min']!r} ({near} samples): use at least "
+            f"{max(frame_size, RECALL_SAMPLES)} samples and less than model.lookback ({far})"
+        )
+    if far > prev_len_max:
+        raise ConfigError(
+            f"model.lookback={values['lookback']!r} ({far} samples) reaches past "
+            f"data.prev_len_max ({prev_len_max}): the model can only recall what prev holds; "
+            "raise data.prev_len_max or lower model.lookback"
+        )
+    return {"lookback": far, "lookback_min": near, "lookback_dim": dim}
 
 
 def _teacher_forcing(given: Any) -> dict[str, Any]:

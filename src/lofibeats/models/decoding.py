@@ -27,18 +27,24 @@ from torch import nn
 
 from lofibeats.models.frame_tier import SampleTier
 from lofibeats.models.heads import Head
+from lofibeats.models.lookback import CopyHead, Lookback
 from lofibeats.models.networks import Decoder, InputEmbedding, LSTMState
 from lofibeats.models.sampling import Sampling
 
 
 @dataclass(frozen=True)
 class DecoderWeights:
-    """The networks one decode step runs; `sample_tier` is None for a sample-level model."""
+    """The networks one decode step runs; `sample_tier` is None for a sample-level model,
+    `lookback` and `copy` for a frame model without one (with a lookback, the frame LSTM and
+    the sample tier also read its recall of each frame and `copy` mixes the recalled samples
+    into the head's distribution, see `lofibeats.models.lookback`)."""
 
     embed: InputEmbedding
     decoder: Decoder
     head: Head
     sample_tier: SampleTier | None = None
+    lookback: Lookback | None = None
+    copy: CopyHead | None = None
 
     @property
     def frame_size(self) -> int:
@@ -64,13 +70,16 @@ class DecodeStart:
     decoder reads the last one). `cond`: the decoder's conditioning input, [B, C] for every
     step or [B, n, C] for each output sample (a frame step reads its first sample's); None for
     an unconditioned decoder. `memory`: what the family carries from block to block in a
-    stream (seq2seq: the encoder's running state); backends never read it.
+    stream (seq2seq: the encoder's running state); backends never read it. `past` [B, F, k]:
+    the frames a lookback decoder recalls from (None without a lookback), ending with the
+    context frame.
     """
 
     state: LSTMState
     context: torch.Tensor
     cond: torch.Tensor | None = None
     memory: Any = None  # the family's running summary of what was heard (see `follow`)
+    past: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:

@@ -32,6 +32,7 @@ from torch import nn
 
 from lofibeats.errors import ConfigError
 from lofibeats.models.heads import Head, MulawHead
+from lofibeats.models.lookback import CopyHead
 from lofibeats.models.networks import InputEmbedding
 from lofibeats.models.sampling import Sampling
 
@@ -91,6 +92,37 @@ def _np(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().to("cpu", torch.float32).numpy())
 
 
+def _logsumexp(x: np.ndarray) -> np.ndarray:
+    top = x.max(-1, keepdims=True)
+    return top + np.log(np.exp(x - top).sum(-1, keepdims=True))
+
+
+class FoldedCopy:
+    """A lookback model's `CopyHead` in NumPy for `FrameSampler`: per sample, the head's logits
+    (without their bias) -> log p of the mixture with the recalled sample. The recalled values
+    of a frame are `offset`..`offset + k` of what the frame step returns."""
+
+    def __init__(self, copy: CopyHead, out_bias: np.ndarray, offset: int, k: int) -> None:
+        self.gate_weight = _np(copy.gate.weight[0])
+        self.gate_bias = float(copy.gate.bias)
+        self.width = float(copy.log_width.exp())
+        self.levels = _np(copy.levels)
+        self.bias, self.offset, self.k = out_bias, offset, k
+
+    def centres(self, frame_output: torch.Tensor) -> np.ndarray:
+        """The frame step's output [B, H + R] -> the recalled value of each position [B, k]."""
+        return _np(frame_output[:, self.offset : self.offset + self.k])
+
+    def mix(self, out: np.ndarray, act: np.ndarray, centre: np.ndarray) -> np.ndarray:
+        logits = out + self.bias
+        own = logits - _logsumexp(logits)
+        gate = act @ self.gate_weight + self.gate_bias
+        bump = -np.abs(self.levels - centre[..., None]) / self.width
+        copy = bump - _logsumexp(bump)
+        keep, take = -np.logaddexp(0.0, gate), -np.logaddexp(0.0, -gate)  # log(1-g), log g
+        return np.logaddexp(keep[..., None] + own, take[..., None] + copy)
+
+
 class FrameSampler:
     """Frame-by-frame generation with the sample tier folded into NumPy arrays (built per call
     from the current weights: about a millisecond).
@@ -101,7 +133,14 @@ class FrameSampler:
     noise, all drawn up front from `generator`; with `top_p` each step calls `head.sample`.
     """
 
-    def __init__(self, tier: SampleTier, embed: InputEmbedding, head: Head) -> None:
+    def __init__(
+        self,
+        tier: SampleTier,
+        embed: InputEmbedding,
+        head: Head,
+        copy: CopyHead | None = None,
+        recall_offset: int = 0,
+    ) -> None:
         self.tier, self.head, self.k = tier, head, tier.frame_size
         weight = tier.window.weight.detach().double()  # [M, E, k]
         self.mulaw = isinstance(head, MulawHead)
@@ -115,6 +154,9 @@ class FrameSampler:
             self.const = _np(torch.einsum("mei,e->im", weight, b).flip(0))
         self.out_weight = _np(head.proj.weight.T)  # [M, V] (regression: [M, 1])
         self.out_bias = _np(head.proj.bias)
+        # a copy model adds the bias inside the mixture, so its draws' offsets leave it out
+        self.copy = None if copy is None else FoldedCopy(copy, self.out_bias, recall_offset, self.k)
+        self.offset_bias = self.out_bias if copy is None else np.zeros_like(self.out_bias)
 
     def noise(
         self, n: int, batch: int, sampling: Sampling, generator: torch.Generator | None
@@ -125,11 +167,11 @@ class FrameSampler:
         greedy = sampling.is_greedy
         if self.mulaw:
             if greedy or sampling.top_p is not None:
-                return np.broadcast_to(self.out_bias, (n, batch, self.out_bias.shape[0]))
+                return np.broadcast_to(self.offset_bias, (n, batch, self.out_bias.shape[0]))
             shape = (n, batch, self.out_bias.shape[0])
             u = torch.rand(shape, generator=generator).clamp_(min=1e-30)
             gumbel_t = u.log_().neg_().log_().mul_(-sampling.temperature)  # T * -log(-log u)
-            return _np(gumbel_t) + self.out_bias
+            return _np(gumbel_t) + self.offset_bias
         if greedy:
             return None
         u = torch.rand((n, batch), generator=generator).clamp_(1e-7, 1.0 - 1e-7)
@@ -201,14 +243,16 @@ class FrameSampler:
         # views of buf for each position of a frame (buf is shifted in place, so they stay valid)
         pre = [buf[rows, k + p] for p in range(k)]
         ahead = [buf[rows, k + p + 1 : 2 * k + p + 1] for p in range(k)]
-        frame_tokens = context
+        frame_tokens, copy = context, self.copy
         for j in range(frames):
             h = step(frame_tokens, j)
             buf[:, k : 2 * k] += _np(self.tier.frame_bias(h[:, None]))
+            centres = None if copy is None else copy.centres(h)[rows]
             for p in range(k):
                 np.maximum(pre[p], 0.0, out=act)
                 np.matmul(act, weight, out=out)
-                x = draw(out, j * k + p)
+                logits = out if copy is None else copy.mix(out, act, centres[..., p])
+                x = draw(logits, j * k + p)
                 tokens[rows, j * k + p] = x
                 ahead[p] += contribution(x)
             buf[:, : 2 * k] = buf[:, k:]

@@ -54,7 +54,10 @@ class Seq2SeqModule(LofiModule):
     ) -> torch.Tensor:
         """Head outputs [B, Tn, ...] for predicting `next_tokens` (see `teacher_forced`)."""
         inputs = self.net.decoder_inputs(prev_tokens, next_tokens)
-        return self.teacher_forced(inputs, self.net.encoder_state(prev_tokens), ratio)
+        recall = self.net.recall(prev_tokens, next_tokens)
+        return self.teacher_forced(
+            inputs, self.net.encoder_state(prev_tokens), ratio, recall=recall
+        )
 
     def carried_memory(self, reset: torch.Tensor | None) -> LSTMState | None:
         """The encoder state each row carries from the previous batch (data.mode=stream; truncated
@@ -89,19 +92,21 @@ class Seq2SeqModule(LofiModule):
         state: LSTMState,
         ratio: float = 1.0,
         cond: torch.Tensor | None = None,
+        recall: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Head outputs [B, Tn, ...] for decoder `inputs` from `state`, feeding the LSTM the
         ground truth with probability `ratio` per frame and the model's own predictions
         otherwise (model.teacher_forcing.mode: parallel or exact). Ratio 1 is one LSTM call.
-        `cond` [B, C] is the decoder's conditioning (vseq2seq's z)."""
+        `cond` [B, C] is the decoder's conditioning (vseq2seq's z), `recall` the lookback's
+        (over the ground truth, also where the LSTM reads its own predictions)."""
         if ratio >= 1.0:
-            return self.net.decode(inputs, state, cond=cond)[0]
+            return self.net.decode(inputs, state, cond=cond, recall=recall)[0]
         n = inputs.shape[1] - self.frame_size + 1
         truth = self.truth_mask((inputs.shape[0], n), ratio, inputs.device)
         tf = self.config.teacher_forcing
         if tf["mode"] == "exact":
-            return self.scheduled_exact(inputs, truth, state, cond)
-        return self.scheduled_parallel(inputs, truth, state, tf["passes"], cond)
+            return self.scheduled_exact(inputs, truth, state, cond, recall)
+        return self.scheduled_parallel(inputs, truth, state, tf["passes"], cond, recall)
 
     def _own_predictions(self, out: torch.Tensor) -> torch.Tensor:
         decoding = self.config.teacher_forcing["predictions"]
@@ -114,6 +119,7 @@ class Seq2SeqModule(LofiModule):
         state: LSTMState,
         passes: int,
         cond: torch.Tensor | None = None,
+        recall: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Parallel scheduled sampling: a teacher-forced pass without grad, then `passes - 1`
         passes whose LSTM inputs mix the ground truth (where `truth`) with the previous pass's
@@ -126,10 +132,10 @@ class Seq2SeqModule(LofiModule):
         x = truth_frames
         with torch.no_grad():
             for _ in range(passes - 1):
-                pred = self._own_predictions(self.net.decode(inputs, state, x, cond)[0])
+                pred = self._own_predictions(self.net.decode(inputs, state, x, cond, recall)[0])
                 fed = torch.cat([truth_frames[:, :k], pred[:, :-k]], dim=1)
                 x = torch.where(truth, truth_frames, fed)
-        return self.net.decode(inputs, state, x, cond)[0]
+        return self.net.decode(inputs, state, x, cond, recall)[0]
 
     def scheduled_exact(
         self,
@@ -137,6 +143,7 @@ class Seq2SeqModule(LofiModule):
         truth: torch.Tensor,
         state: LSTMState,
         cond: torch.Tensor | None = None,
+        recall: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Step-by-step scheduled sampling (Bengio et al. 2015): a coin per step (`truth`), or
         per frame for frame models (one LSTM step, then the frame's sample tier in parallel)."""
@@ -148,7 +155,10 @@ class Seq2SeqModule(LofiModule):
                 out, state = self.net.decode_step(x[:, 0], state, cond)
                 out = out.unsqueeze(1)
             else:
-                out, state = self.net.decode(inputs[:, t : t + 2 * k - 1], state, x, cond)
+                frame_recall = None if recall is None else recall[:, t // k : t // k + 1]
+                out, state = self.net.decode(
+                    inputs[:, t : t + 2 * k - 1], state, x, cond, frame_recall
+                )
             outs.append(out)
             if t + k < n:
                 own = self._own_predictions(out)
@@ -181,7 +191,8 @@ class Seq2SeqModule(LofiModule):
         prev_tokens, next_tokens = head.tokens(prev), head.tokens(nxt)
         state = self.encode_carried(prev_tokens, stream[0] if stream else None)
         inputs = self.corrupt_inputs(self.net.decoder_inputs(prev_tokens, next_tokens))
-        out = self.teacher_forced(inputs, state, ratio)
+        recall = self.net.recall(prev_tokens, next_tokens)
+        out = self.teacher_forced(inputs, state, ratio, recall=recall)
         loss = head.loss(out, next_tokens)
         self.tf_schedule.advance()
         self.log("train/loss", loss, prog_bar=True)

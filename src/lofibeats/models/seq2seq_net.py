@@ -14,6 +14,11 @@ With `top_frame_size` = K > k the encoder is a slow top tier: it reads `prev` in
 samples (4 s at 16 kHz with K = 256: 250 steps), so seconds of context cost few LSTM steps, and
 in a stream it moves on over each generated chunk in a handful of steps.
 
+With `lookback` > 0 (frame models) each decoder frame also reads a recall of what followed the
+moments of the past that sound like now (`lookback.Lookback`): the LSTM with its input, the
+sample tier with the frame's output. Training computes it over the teacher-forced stream
+(`recall`), generation frame by frame from the past frames a `DecodeStart` carries.
+
 A plain `nn.Module` built from a `Seq2SeqConfig`; training (teacher forcing, scheduled sampling,
 losses) is `Seq2SeqModule`'s, generation the decoding backends' (`describe` via `start`).
 """
@@ -27,6 +32,7 @@ from lofibeats.models.configs import Seq2SeqConfig
 from lofibeats.models.decoding import DecoderWeights, DecodeStart, EncoderWeights
 from lofibeats.models.frame_tier import SampleTier, frame_values, left_pad
 from lofibeats.models.heads import build_head
+from lofibeats.models.lookback import CopyHead, Lookback
 from lofibeats.models.networks import Decoder, Encoder, InputEmbedding, LSTMState
 
 
@@ -41,6 +47,20 @@ class Seq2SeqNet(nn.Module):
             config.head, config.sample_hidden if framed else config.hidden, config.regression_loss
         )
         self.embed = InputEmbedding(config.embed_dim, self.head.n_classes)
+        self.lookback = (
+            Lookback(
+                config.frame_size,
+                config.lookback_dim,
+                -(-config.lookback_min // config.frame_size),
+                config.lookback // config.frame_size,
+            )
+            if config.lookback
+            else None
+        )
+        recall_dim = 0 if self.lookback is None else self.lookback.out_dim
+        self.copy = (
+            None if self.lookback is None else CopyHead(config.sample_hidden, self.head.n_classes)
+        )
         self.encoder = Encoder(
             self.encoder_input_dim,
             config.hidden,
@@ -50,7 +70,7 @@ class Seq2SeqNet(nn.Module):
             config.forget_bias,
         )
         self.decoder = Decoder(
-            self.lstm_input_dim,
+            self.lstm_input_dim + recall_dim,
             config.hidden,
             config.layers,
             config.dropout,
@@ -58,7 +78,12 @@ class Seq2SeqNet(nn.Module):
             forget_bias=config.forget_bias,
         )
         self.sample_tier = (
-            SampleTier(config.frame_size, config.hidden, config.embed_dim, config.sample_hidden)
+            SampleTier(
+                config.frame_size,
+                config.hidden + recall_dim,
+                config.embed_dim,
+                config.sample_hidden,
+            )
             if framed
             else None
         )
@@ -114,6 +139,34 @@ class Seq2SeqNet(nn.Module):
         silence = self.silence(1, prev_tokens.device)
         return left_pad(prev_tokens[:, -self.frame_size :], self.frame_size, silence)
 
+    def past_frames(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens [B, T] -> the frames [B, F, k] of their values that a lookback reads,
+        left-padded with silence to whole frames, as the decoder's frames are aligned."""
+        k = self.frame_size
+        padded = left_pad(tokens, k, self.silence(1, tokens.device))
+        return frame_values(padded, self.head.n_classes).view(tokens.shape[0], -1, k)
+
+    def recall(self, prev_tokens: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor | None:
+        """The lookback's recall for each decoder frame of teacher-forced `next_tokens`
+        [B, F, R] (None without a lookback)."""
+        if self.lookback is None:
+            return None
+        past = self.past_frames(prev_tokens)
+        k = self.frame_size
+        future = frame_values(next_tokens, self.head.n_classes).view(past.shape[0], -1, k)
+        return self.lookback.recall(torch.cat([past, future], dim=1), past.shape[1])
+
+    def lookback_history(self, past: torch.Tensor, tokens: torch.Tensor | None = None):
+        """The past frames a decode's lookback starts from: `past` [B, F, k] (None: none) then
+        the frames of `tokens`, cropped to what the lookback reads; None without one."""
+        if self.lookback is None:
+            return None
+        if tokens is not None:
+            k = self.frame_size
+            new = frame_values(tokens, self.head.n_classes).view(tokens.shape[0], -1, k)
+            past = new if past is None else torch.cat([past, new], dim=1)
+        return past[:, -self.lookback.history_frames :]
+
     def decoder_inputs(self, prev_tokens: torch.Tensor, next_tokens: torch.Tensor) -> torch.Tensor:
         """Teacher-forced decoder inputs [B, Tn + k - 1]: the k tokens before next, then
         next[:-1] (k = 1: the last prev token, then next[:-1])."""
@@ -125,18 +178,29 @@ class Seq2SeqNet(nn.Module):
         state: LSTMState,
         frames: torch.Tensor | None = None,
         cond: torch.Tensor | None = None,
+        recall: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LSTMState]:
         """Decoder input tokens [B, Tn + k - 1] -> (head outputs [B, Tn, ...], final state), one
         LSTM call. `frames` ([B, Tn]) replaces what the LSTM reads (default inputs[:, :Tn]):
         scheduled sampling feeds predictions there while the sample tier keeps `inputs`.
-        `cond` is the decoder's conditioning ([B, C] or one per LSTM step)."""
+        `cond` is the decoder's conditioning ([B, C] or one per LSTM step), `recall` the
+        lookback's per frame ([B, Tn / k, R], see `recall`)."""
         k = self.frame_size
         if frames is None:
             frames = inputs[:, : inputs.shape[1] - k + 1]
-        h, state = self.decoder(self.lstm_inputs(frames), state, cond)
+        x = self.lstm_inputs(frames)
+        if self.lookback is not None:
+            if recall is None:
+                raise ValueError("a lookback decoder needs its recall (Seq2SeqNet.recall)")
+            x = torch.cat([x, recall], dim=-1)
+        h, state = self.decoder(x, state, cond)
         if self.sample_tier is None:
             return self.head(h), state
-        return self.head(self.sample_tier(h, self.embed(inputs))), state
+        if recall is None:
+            return self.head(self.sample_tier(h, self.embed(inputs))), state
+        features = self.sample_tier(torch.cat([h, recall], dim=-1), self.embed(inputs))
+        centres = recall[..., :k].reshape(recall.shape[0], -1)  # each target's recalled value
+        return self.copy.mix(self.head(features), features, centres), state
 
     def decode_step(
         self, x_t: torch.Tensor, state: LSTMState, cond: torch.Tensor | None = None
@@ -147,7 +211,9 @@ class Seq2SeqNet(nn.Module):
 
     # ----------------------------------------------------------------- describing a decode
     def decoder_weights(self) -> DecoderWeights:
-        return DecoderWeights(self.embed, self.decoder, self.head, self.sample_tier)
+        return DecoderWeights(
+            self.embed, self.decoder, self.head, self.sample_tier, self.lookback, self.copy
+        )
 
     def encoder_weights(self) -> EncoderWeights | None:
         """The sample-level encoder (None for a slow top tier, which reads frames)."""
@@ -159,7 +225,8 @@ class Seq2SeqNet(nn.Module):
         """Continue `prev` [B, T]: the encoder's final state starts the decoder."""
         prev_tokens = self.head.tokens(prev)
         memory = self.encoder_state(prev_tokens)
-        return DecodeStart(memory, self.context(prev_tokens), memory=memory)
+        past = self.lookback_history(self.past_frames(prev_tokens))
+        return DecodeStart(memory, self.context(prev_tokens), memory=memory, past=past)
 
     def follow(
         self,
@@ -175,7 +242,8 @@ class Seq2SeqNet(nn.Module):
         `memory`, moved by a fused encoder) and starts the decoder again."""
         if memory is None:
             memory = self.encoder_state(tokens, start.memory)
-        return DecodeStart(memory, self.context(tokens), memory=memory)
+        past = self.lookback_history(start.past, tokens)
+        return DecodeStart(memory, self.context(tokens), memory=memory, past=past)
 
     def extra_repr(self) -> str:
         return f"frame_size={self.frame_size}, top_frame_size={self.top_frame_size}"

@@ -111,7 +111,8 @@ class VSeq2SeqModule(Seq2SeqModule):
         mu, logvar = net.posterior_head(self.encode_carried(prev_tokens, reset))
         z = reparameterize(mu, logvar, 1.0, generator)
         inputs = self.corrupt_inputs(net.decoder_inputs(prev_tokens, targets))
-        out = self.teacher_forced(inputs, net.latent_state(z), ratio, net.cond(z))
+        recall = net.recall(prev_tokens, targets)
+        out = self.teacher_forced(inputs, net.latent_state(z), ratio, net.cond(z), recall)
         return ElboTerms(out, targets, mu, kl_per_dim(mu, logvar))
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int):

@@ -96,12 +96,14 @@ class VSeq2SeqNet(Seq2SeqNet):
         tokens: torch.Tensor,
         n_samples: int,
         z: torch.Tensor | LatentPath | torch.Tensor,
+        past: torch.Tensor | None,
     ) -> DecodeStart:
         path = self.latent_path(n_samples, z, tokens.shape[0], tokens.device)
         cond = None
         if self.config.z_every_step:  # one z for every step: a constant [B, D], no [B, n, D]
             cond = path[:, 0] if path.stride(1) == 0 else path
-        return DecodeStart(self.latent_state(path[:, 0]), self.context(tokens), cond, memory)
+        state = self.latent_state(path[:, 0])
+        return DecodeStart(state, self.context(tokens), cond, memory, past)
 
     def start(
         self,
@@ -126,7 +128,8 @@ class VSeq2SeqNet(Seq2SeqNet):
             else:
                 mu, logvar = self.posterior_head(memory)
                 z = reparameterize(mu, logvar, number(creativity, "creativity", low=0.0), generator)
-        return self._start_from(memory, tokens, n_samples, z)
+        past = self.lookback_history(self.past_frames(tokens))
+        return self._start_from(memory, tokens, n_samples, z, past)
 
     def follow(
         self,
@@ -148,4 +151,5 @@ class VSeq2SeqNet(Seq2SeqNet):
         if z is None:
             mu, logvar = self.posterior_head(memory)
             z = reparameterize(mu, logvar, number(creativity, "creativity", low=0.0), generator)
-        return self._start_from(memory, tokens, n_samples, z)
+        past = self.lookback_history(start.past, tokens)
+        return self._start_from(memory, tokens, n_samples, z, past)
