@@ -45,6 +45,14 @@ def test_experiment_presets_compose(make_cfg, experiment: str) -> None:
     assert module.sample_rate == cfg.data.sr
 
 
+@pytest.mark.parametrize("model", ["seq2seq", "vseq2seq"])
+def test_the_music_preset_builds_a_lookback_model_of_either_family(make_cfg, model: str) -> None:
+    cfg = make_cfg("train", ["experiment=music_16k", f"model={model}"])
+    module = instantiate(cfg.model, _convert_="all")
+    assert module.family == model
+    assert module.net.lookback is not None and module.config.lookback == 4 * 16000
+
+
 def _rate_keys(node: object, path: str = "") -> dict[str, object]:
     """Every key of a resolved config that names a sample rate (`sr`, `*_sr`, `sample_rate`)."""
     found: dict[str, object] = {}

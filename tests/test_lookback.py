@@ -165,3 +165,18 @@ def test_no_lookback_leaves_the_network_as_it_was() -> None:
     module = Seq2SeqModule(**{**LOOKBACK, "lookback": 0})
     assert module.net.lookback is None
     assert module.net.recall(torch.zeros(1, 96, dtype=torch.long), torch.zeros(1, 32)) is None
+
+
+def test_with_its_copy_gate_open_a_model_carries_a_loop_on() -> None:
+    """End to end through a Stream: a prime that loops every 160 samples, a (random-weight)
+    model whose copy gate is forced open: greedy generation goes on playing the loop."""
+    module = build(prev_len_max=800, lookback=800, lookback_min=64)
+    with torch.no_grad():
+        module.net.copy.gate.bias.fill_(20.0)
+    gen = torch.Generator().manual_seed(0)
+    pattern = (torch.rand(1, 160, generator=gen) - 0.5) * 0.8
+    loop = pattern.repeat(1, 8)  # 1280 samples: the prime is the first 800
+    stream = Stream(module, loop[:, :800], sampling=Sampling(decoding="greedy"), carry="state")
+    generated = module.net.head.tokens(stream.read(480))
+    truth = module.net.head.tokens(loop[:, 800:])
+    assert (generated == truth).float().mean() > 0.95

@@ -34,7 +34,7 @@ DESCRIPTOR_SAMPLES = 512  # what the coarse part of a description covers (32 ms 
 SHAPE_SAMPLES = 64  # the waveform the fine part holds
 RECALL_SAMPLES = 32  # samples recalled after a matched moment: the predicted frame onwards
 _LOG_FLOOR = 1e-3
-_SHARPNESS = 10.0  # initial softmax gain on the cosine-like similarity in [-1, 1]
+_SHARPNESS = 20.0  # initial softmax gain on the cosine-like similarity in [-1, 1]
 _COPY_WIDTH = 0.02  # initial width of the copy bump, in class values (2 / 255 per class)
 
 
