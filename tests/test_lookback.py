@@ -10,7 +10,7 @@ import torch
 from lofibeats.errors import ConfigError
 from lofibeats.generation.engine import Continuation
 from lofibeats.generation.stream import Stream
-from lofibeats.models.lookback import Lookback
+from lofibeats.models.lookback import CopyHead, Lookback
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
@@ -180,3 +180,16 @@ def test_with_its_copy_gate_open_a_model_carries_a_loop_on() -> None:
     generated = module.net.head.tokens(stream.read(480))
     truth = module.net.head.tokens(loop[:, 800:])
     assert (generated == truth).float().mean() > 0.95
+
+
+def test_the_copy_head_gives_log_probabilities_peaked_at_the_recalled_class() -> None:
+    torch.manual_seed(0)
+    copy = CopyHead(features=8, n_classes=256)
+    with torch.no_grad():
+        copy.gate.bias.fill_(3.0)  # mostly copying
+    logits, features = torch.randn(5, 256), torch.rand(5, 8)
+    centres = torch.tensor([-0.9, -0.2, 0.0, 0.31, 0.97])
+    log_p = copy.mix(logits, features, centres)
+    torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(5))
+    nearest = ((centres + 1) * 255 / 2).round().long()
+    assert torch.equal(log_p.argmax(-1), nearest)
