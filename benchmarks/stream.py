@@ -6,7 +6,9 @@ Two models with random weights (speed does not depend on the weights), one strea
 0.5-s pieces as a player would:
 
 - sample-level: a 2 x 256 mu-law seq2seq (frame_size 1), context 1024, chunk 1024;
-- tiered: the same LSTMs with frame_size 16 and a slow top tier top_frame_size 256.
+- tiered: the same LSTMs with frame_size 16 and a slow top tier top_frame_size 256;
+- lookback: the tiered model hearing 4 s with a 4-s lookback and copy head
+  (`experiment=music_16k`); it decodes with the reference frame loop (its baseline too).
 
 For each, `carry=state` (the encoder's running state moves on over every new chunk: in the C
 kernel for the sample-level model, `engine.encoder_for`; the tiered model's top tier in torch),
@@ -46,16 +48,27 @@ def rss_mb() -> float:
     return 0.0
 
 
-def build(sr: int, tiered: bool) -> Seq2SeqModule:
+MODELS = {
+    "sample-level 2x256": {},
+    "tiered 16/256 2x256": {"frame_size": 16, "top_frame_size": 256},
+    "lookback 4 s, tiered 16/256": {
+        "frame_size": 16,
+        "top_frame_size": 256,
+        "prev_len_max": "4s",
+        "lookback": "4s",
+    },
+}
+
+
+def build(sr: int, config: dict) -> Seq2SeqModule:
     torch.manual_seed(0)
-    frames = {"frame_size": 16, "top_frame_size": 256} if tiered else {}
-    return Seq2SeqModule(
-        sr=sr, prev_len_max=1024, next_len=1024, hidden=256, layers=2, **frames
-    ).eval()
+    config = {"prev_len_max": 1024, **config}
+    return Seq2SeqModule(sr=sr, next_len=1024, hidden=256, layers=2, **config).eval()
 
 
 def bare_decode_rate(module: Seq2SeqModule, seconds: float) -> float:
-    """Samples/s of the fused backend alone, chunk after chunk from one encoded state."""
+    """Samples/s of the stream's backend alone (fused; reference for a lookback model), chunk
+    after chunk from one encoded state."""
     stream = Stream(module, torch.zeros(1, module.context_len), carry="state")
     backend, net = stream.continuation.backend, module.net
     start = net.start(stream.history, module.chunk_len)
@@ -94,14 +107,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"python {' '.join(sys.argv)}  (threads {args.threads}, {args.sr} Hz)")
-    for name, tiered in (("sample-level 2x256", False), ("tiered 16/256 2x256", True)):
-        module = build(args.sr, tiered)
+    for name, config in MODELS.items():
+        module = build(args.sr, config)
         baseline = bare_decode_rate(module, seconds=5.0)
-        print(f"\n{name}: bare fused decode {baseline / args.sr:.2f}x real time (baseline)")
+        engine = Stream(module, carry="state").engine
+        print(f"\n{name}: bare {engine} decode {baseline / args.sr:.2f}x real time (baseline)")
         print(
             f"{'carry':11} {'minute':>6} {'RTF':>7} {'RSS MB':>8} {'cost vs min 1':>14} {'vs baseline':>12}"
         )
-        carries = ("state", "window") if tiered else ("state", "state/torch", "window")
+        carries = ("state", "window") if config else ("state", "state/torch", "window")
         for carry in carries:
             rows = minutes_of(module, carry, args.minutes)
             first = rows[0][0]

@@ -109,16 +109,18 @@ class FoldedCopy:
         self.levels = _np(copy.levels)
         self.bias, self.offset, self.k = out_bias, offset, k
 
-    def centres(self, frame_output: torch.Tensor) -> np.ndarray:
-        """The frame step's output [B, H + R] -> the recalled value of each position [B, k]."""
-        return _np(frame_output[:, self.offset : self.offset + self.k])
+    def copies(self, frame_output: torch.Tensor) -> np.ndarray:
+        """The frame step's output [B, H + R] -> the copy log-probabilities of each of its
+        positions [B, k, V] (once per frame: they depend on the recall only)."""
+        centres = _np(frame_output[:, self.offset : self.offset + self.k])
+        bump = -np.abs(self.levels - centres[..., None]) / self.width
+        return bump - _logsumexp(bump)
 
-    def mix(self, out: np.ndarray, act: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    def mix(self, out: np.ndarray, act: np.ndarray, copy: np.ndarray) -> np.ndarray:
+        """Head logits without bias, sample-tier features, copy log-probs -> log p."""
         logits = out + self.bias
         own = logits - _logsumexp(logits)
         gate = act @ self.gate_weight + self.gate_bias
-        bump = -np.abs(self.levels - centre[..., None]) / self.width
-        copy = bump - _logsumexp(bump)
         keep, take = -np.logaddexp(0.0, gate), -np.logaddexp(0.0, -gate)  # log(1-g), log g
         return np.logaddexp(keep[..., None] + own, take[..., None] + copy)
 
@@ -247,11 +249,11 @@ class FrameSampler:
         for j in range(frames):
             h = step(frame_tokens, j)
             buf[:, k : 2 * k] += _np(self.tier.frame_bias(h[:, None]))
-            centres = None if copy is None else copy.centres(h)[rows]
+            copies = None if copy is None else copy.copies(h)[rows]
             for p in range(k):
                 np.maximum(pre[p], 0.0, out=act)
                 np.matmul(act, weight, out=out)
-                logits = out if copy is None else copy.mix(out, act, centres[..., p])
+                logits = out if copy is None else copy.mix(out, act, copies[..., p, :])
                 x = draw(logits, j * k + p)
                 tokens[rows, j * k + p] = x
                 ahead[p] += contribution(x)
