@@ -9,7 +9,7 @@ import torch
 
 from lofibeats.errors import ConfigError
 from lofibeats.generation.engine import Continuation
-from lofibeats.generation.stream import Stream
+from lofibeats.generation.stream import Stream, resolve_carry
 from lofibeats.models.lookback import CopyHead, Lookback
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
@@ -193,3 +193,9 @@ def test_the_copy_head_gives_log_probabilities_peaked_at_the_recalled_class() ->
     torch.testing.assert_close(log_p.exp().sum(-1), torch.ones(5))
     nearest = ((centres + 1) * 255 / 2).round().long()
     assert torch.equal(log_p.argmax(-1), nearest)
+
+
+def test_carry_auto_carries_the_state_of_a_lookback_model() -> None:
+    assert resolve_carry("auto", build(), "windows") == "state"
+    assert resolve_carry("auto", build(lookback=0), "windows") == "window"
+    assert resolve_carry("window", build(), "windows") == "window"
