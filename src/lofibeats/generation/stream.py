@@ -91,7 +91,7 @@ def resolve_carry(carry: str, module: LofiModule, data_mode: str | None) -> str:
         return carry
     if not isinstance(module.net, AutoregressiveNet):
         return "window"
-    lookback = getattr(module.net, "lookback", None) is not None
+    lookback = module.net.decoder_weights().lookback is not None
     return "state" if data_mode == "stream" or lookback else "window"
 
 

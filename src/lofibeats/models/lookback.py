@@ -93,14 +93,20 @@ class Lookback(nn.Module):
 
     # ----------------------------------------------------------------- reading
     def read(
-        self, queries: torch.Tensor, keys: torch.Tensor, after: torch.Tensor, valid: torch.Tensor
-    ):
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        after: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Softmax over the candidates' similarity (and the no-match slot) -> recall.
 
         queries [B, Q, D], keys [B, N, D], `after` [B, N, ahead k] (what followed each
-        candidate), `valid` [Q, N] (the lags in range) -> [B, Q, out_dim]."""
+        candidate), `valid` [Q, N] (the lags in range; None: all) -> [B, Q, out_dim]."""
         similarity = torch.matmul(queries, keys.transpose(1, 2)) / queries.shape[-1]
-        scores = (similarity * self.log_sharpness.exp()).masked_fill(~valid, float("-inf"))
+        scores = similarity * self.log_sharpness.exp()
+        if valid is not None:
+            scores = scores.masked_fill(~valid, float("-inf"))
         null = self.null_score.expand(*scores.shape[:2], 1)
         weights = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :-1]
         recalled = torch.matmul(weights, after)
@@ -165,9 +171,7 @@ class LookbackReader:
         count = max(0, high - low)
         keys = self.keys[:, low : low + count]
         after = lookback.following(self.values[:, low:], count)
-        valid = torch.ones(1, count, dtype=torch.bool, device=keys.device)
-        query = self.keys[:, at : at + 1]
-        return lookback.read(query, keys, after, valid)[:, 0]
+        return lookback.read(self.keys[:, at : at + 1], keys, after)[:, 0]
 
 
 class CopyHead(nn.Module):
@@ -190,7 +194,9 @@ class CopyHead(nn.Module):
         levels = torch.linspace(-1.0, 1.0, n_classes)  # `frame_values` of each class
         self.register_buffer("levels", levels, persistent=False)
 
-    def mix(self, logits: torch.Tensor, features: torch.Tensor, centres: torch.Tensor):
+    def mix(
+        self, logits: torch.Tensor, features: torch.Tensor, centres: torch.Tensor
+    ) -> torch.Tensor:
         """Head logits [.., V], sample-tier features [.., M], recalled values [..] -> log p."""
         gate = self.gate(features)
         bump = -(self.levels - centres.unsqueeze(-1)).abs() / self.log_width.exp()

@@ -156,7 +156,9 @@ class Seq2SeqNet(nn.Module):
         future = frame_values(next_tokens, self.head.n_classes).view(past.shape[0], -1, k)
         return self.lookback.recall(torch.cat([past, future], dim=1), past.shape[1])
 
-    def lookback_history(self, past: torch.Tensor, tokens: torch.Tensor | None = None):
+    def lookback_history(
+        self, past: torch.Tensor | None, tokens: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
         """The past frames a decode's lookback starts from: `past` [B, F, k] (None: none) then
         the frames of `tokens`, cropped to what the lookback reads; None without one."""
         if self.lookback is None:
