@@ -152,6 +152,7 @@ def test_engine_fused_says_a_lookback_model_has_none() -> None:
     [
         ({"frame_size": 1, "sample_hidden": 16}, "model.lookback needs a frame model"),
         ({"lookback": 200}, "reaches past data.prev_len_max"),
+        ({"head": "regression"}, "model.lookback needs model.head=mulaw"),
         ({"lookback_min": 8}, "model.lookback_min=8"),
         ({"lookback_min": 96}, "less than model.lookback"),
         ({"lookback": "1s"}, "model.lookback='1s' \\(8000 samples\\)"),
