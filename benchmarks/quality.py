@@ -2,7 +2,8 @@
 
     python benchmarks/quality.py --family seq2seq|vseq2seq|gan --data builtin|<folder>
         [--sr 16000] [--minutes 15] [--takes 8] [--seconds 10] [--prime-seconds 4]
-        [--windows 16] [--temperature 0.9] [--top-p P] [--seed 0] [--out DIR] [key=value ...]
+        [--windows 16] [--temperature 0.9] [--top-p P] [--loop L] [--seed 0] [--out DIR]
+        [--run DIR] [--carry auto|window|state] [key=value ...]
 
 Trains with `python train.py model=<family> data.sr=<sr> +trainer.max_time=<budget>
 trainer.max_steps=-1` (a subprocess, exactly what a user runs; trailing `key=value` arguments are
@@ -40,6 +41,7 @@ from lofibeats.audio.spectrogram import save_spectrogram_png
 from lofibeats.commands.evaluate import EvalAudio, teacher_forced
 from lofibeats.data.windows import ValWindows, collate_pairs
 from lofibeats.generation.longform import generate_long
+from lofibeats.generation.stream import resolve_carry
 from lofibeats.metrics.context_nll import CONTEXT_SECONDS, context_nll
 from lofibeats.metrics.music import music_stats
 from lofibeats.models.base import LofiModule
@@ -62,6 +64,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--windows", type=int, default=16, help="held-out windows for the NLL")
     parser.add_argument("--temperature", type=float, default=0.9)
     parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument(
+        "--loop", type=float, default=0.0, help="lookback models: the least share on the recall"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/quality/<time>")
     parser.add_argument(
@@ -71,7 +76,7 @@ def parse_args() -> argparse.Namespace:
         "--carry",
         choices=("auto", "window", "state"),
         default="auto",
-        help="how takes connect chunks (auto: state for data.mode=stream runs)",
+        help="how takes connect chunks (auto: as generate.py decides, see resolve_carry)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for train.py")
     return parser.parse_args()
@@ -183,15 +188,13 @@ def main() -> None:
     audio = heldout(run_dir, test_dir)
     out.mkdir(parents=True, exist_ok=True)
     data_mode = OmegaConf.load(run_dir / "config_resolved.yaml").data.get("mode", "windows")
-    carry = args.carry
-    if carry == "auto":
-        carry = "state" if data_mode == "stream" and module.family != "gan" else "window"
+    carry = resolve_carry(args.carry, module, data_mode)
 
     prime_len, take_len = round(args.prime_seconds * sr), round(args.seconds * sr)
     remedy = "lower --seconds or --prime-seconds"
     primes, real = pairs_tensors(audio.windows(args.takes, prime_len, take_len, remedy))
     started = time.perf_counter()
-    sampling = Sampling.parse(args.temperature, args.top_p)
+    sampling = Sampling.parse(args.temperature, args.top_p, loop=args.loop)
     generated = generate_long(
         module, primes, take_len, sampling=sampling, seed=args.seed, carry=carry
     )

@@ -1,9 +1,10 @@
-"""The lookback: it recalls what followed past moments that sound like now; generation reads
-the same recall frame by frame as training computes in parallel; streams of lookback models are
-the same audio in any chunk sizes; bad keys get one line."""
+"""The lookback: it finds the lag where the music repeats and recalls what followed there;
+generation reads the same recall frame by frame as training computes in parallel; streams of
+lookback models are the same audio in any chunk sizes; bad keys get one line."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +12,8 @@ from lofibeats.errors import ConfigError
 from lofibeats.generation.engine import Continuation
 from lofibeats.generation.stream import Stream, resolve_carry
 from lofibeats.models.checkpoint import load_module
-from lofibeats.models.lookback import CopyHead, Lookback
+from lofibeats.models.frame_tier import FrameSampler
+from lofibeats.models.lookback import RECALL_SAMPLES, CopyHead, Lookback
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
@@ -30,7 +32,8 @@ LOOKBACK = dict(
     sample_hidden=16,
     lookback=96,
     lookback_min=32,
-    lookback_dim=8,
+    lookback_window=16,
+    lookback_hop=8,
 )
 
 
@@ -41,47 +44,44 @@ def build(kind: str = "seq2seq", **overrides):
     return Seq2SeqModule(**{**LOOKBACK, **overrides}).eval()
 
 
-def periodic(batch: int, frames: int, period: int, k: int, seed: int = 0) -> torch.Tensor:
-    """[batch, frames, k] of noise that repeats every `period` frames."""
+def periodic(batch: int, samples: int, period: int, seed: int = 0) -> torch.Tensor:
+    """[batch, samples] of noise that repeats every `period` samples."""
     gen = torch.Generator().manual_seed(seed)
-    pattern = torch.rand(batch, period, k, generator=gen) * 2 - 1
-    return pattern.repeat(1, -(-frames // period), 1)[:, :frames]
+    pattern = torch.rand(batch, period, generator=gen) * 2 - 1
+    return pattern.repeat(1, -(-samples // period))[:, :samples]
+
+
+def test_search_finds_the_period_of_a_loop() -> None:
+    lookback = Lookback(frame_size=4, min_lag=40, max_lag=1000, window=64, hop=16)
+    loop = periodic(3, lookback.span, 600) + 0.05 * torch.randn(3, lookback.span)
+    lags, scores = lookback.search(loop)
+    assert lags.tolist() == [600, 600, 600]
+    assert scores.min() > 0.95
+    _, noise_scores = lookback.search(torch.rand(3, lookback.span) * 2 - 1)
+    assert noise_scores.max() < 0.6  # the best of ~1000 chance matches of 64 samples
 
 
 def test_recall_copies_what_followed_a_repeat() -> None:
-    """At initialisation (descriptions compared as they are) the recall of a loop is the loop's
-    next frames: what a continuation of a repeating prime needs."""
-    torch.manual_seed(0)
-    lookback = Lookback(frame_size=4, dim=16, min_lag=40, max_lag=400)
-    k, period = 4, 150  # 600 samples; a description covers 128 frames
-    values = periodic(2, 700, period, k)
+    """The recall of a loop is the loop's next samples, from the frame being predicted on: what
+    a continuation of a repeating prime needs; and the local match says the copy holds."""
+    lookback = Lookback(frame_size=4, min_lag=40, max_lag=1000, window=64, hop=16)
+    values = periodic(2, 2800, 600).view(2, 700, 4)
     first = 500
     recall = lookback.recall(values, first)
-    recalled = recall[..., : lookback.ahead * k]
     assert recall.shape == (2, 200, lookback.out_dim)
-    # decoder frame i predicts frame first + i: the truth is that frame and the ones after it
-    truth = lookback.following(values[:, first - 1 :], recall.shape[1] - lookback.ahead)
-    corr = torch.nn.functional.cosine_similarity(
-        recalled[:, : truth.shape[1]].flatten(), truth.flatten(), dim=0
-    )
-    assert corr > 0.95
-    assert recall[..., -1].min() > 0.5  # confident: the match beats the no-match slot
-
-
-def test_recall_of_noise_is_unconfident() -> None:
-    torch.manual_seed(0)
-    lookback = Lookback(frame_size=4, dim=16, min_lag=40, max_lag=400)
-    noise = torch.rand(2, 700, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1
-    loop = periodic(2, 700, 150, 4)
-    conf_noise = lookback.recall(noise, 500)[..., -1].mean()
-    conf_loop = lookback.recall(loop, 500)[..., -1].mean()
-    assert conf_loop > conf_noise + 0.2
+    flat = values.flatten(1)
+    for i in (0, 37, 199 - 8):  # decoder frame i predicts samples from (first + i) * 4 on
+        at = (first + i) * 4
+        torch.testing.assert_close(recall[:, i, :RECALL_SAMPLES], flat[:, at : at + RECALL_SAMPLES])
+    assert recall[..., RECALL_SAMPLES:].min() > 0.99  # the search's score, the local match
 
 
 def test_the_frame_by_frame_reader_gives_the_training_recall() -> None:
-    torch.manual_seed(0)
-    lookback = Lookback(frame_size=4, dim=8, min_lag=10, max_lag=60)
-    values = torch.rand(3, 300, 4) * 2 - 1
+    """Searches at the first frame and every hop (here 3 frames, which 100 frames do not fill
+    evenly), on speech-like noise: the reader and the parallel recall agree exactly."""
+    lookback = Lookback(frame_size=4, min_lag=40, max_lag=240, window=32, hop=12)
+    values = (torch.rand(3, 300, 4, generator=torch.Generator().manual_seed(1)) * 2 - 1).cumsum(1)
+    values = values / values.abs().amax()
     first = 200
     batch = lookback.recall(values, first)
     history = values[:, first - lookback.history_frames : first]
@@ -130,16 +130,16 @@ def test_lookback_streams_are_the_same_in_any_chunk_sizes(kind: str, carry: str)
     assert Stream(module, prime, carry=carry).engine == "reference"
 
 
-def test_a_lookback_model_trains_and_its_recall_gets_gradients() -> None:
+def test_a_lookback_model_trains_and_its_copy_gate_learns() -> None:
     module = build()
     module.train()
     prev = torch.sin(torch.arange(96.0 + 32)[None] * 0.2).repeat(8, 1)
     data = torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(prev[:, :96], prev[:, 96:]), batch_size=4
     )
-    before = module.net.lookback.energy.weight.detach().clone()
+    before = module.net.copy.gate.weight.detach().clone()
     tiny_trainer(max_steps=2).fit(module, data)
-    assert not torch.equal(before, module.net.lookback.energy.weight)
+    assert not torch.equal(before, module.net.copy.gate.weight)
 
 
 def test_engine_fused_says_a_lookback_model_has_none() -> None:
@@ -156,6 +156,8 @@ def test_engine_fused_says_a_lookback_model_has_none() -> None:
         ({"lookback_min": 8}, "model.lookback_min=8"),
         ({"lookback_min": 96}, "less than model.lookback"),
         ({"lookback": "1s"}, "model.lookback='1s' \\(8000 samples\\)"),
+        ({"lookback_hop": 6}, "model.lookback_hop=6 \\(6 samples\\): use a multiple"),
+        ({"lookback_window": "0s"}, "model.lookback_window='0s'"),
     ],
 )
 def test_bad_lookback_keys_say_which_and_what_to_do(overrides: dict, message: str) -> None:
@@ -211,3 +213,51 @@ def test_a_lookback_checkpoint_loads_weights_only_and_generates_the_same(tmp_pat
     prime = 0.4 * torch.sin(torch.arange(150.0)[None] * 0.07)
     takes = [Stream(m, prime, sampling=Sampling(0.9), seed=2).read(96) for m in (module, loaded)]
     torch.testing.assert_close(takes[0], takes[1], rtol=0, atol=0)
+
+
+def test_loop_one_makes_a_closed_gate_model_replay_the_loop() -> None:
+    """The `loop` knob, not the weights: a model whose copy gate is shut still plays a looped
+    prime on when the take asks for loop=1, and loop=0 is the model as trained."""
+    module = build(prev_len_max=800, lookback=800, lookback_min=64)
+    with torch.no_grad():
+        module.net.copy.gate.bias.fill_(-20.0)
+    gen = torch.Generator().manual_seed(0)
+    loop = ((torch.rand(1, 160, generator=gen) - 0.5) * 0.8).repeat(1, 8)
+    truth = module.net.head.tokens(loop[:, 800:])
+
+    def take(sampling: Sampling) -> torch.Tensor:
+        stream = Stream(module, loop[:, :800], sampling=sampling, seed=1, carry="state")
+        return module.net.head.tokens(stream.read(480))
+
+    assert (take(Sampling(decoding="greedy", loop=1.0)) == truth).float().mean() > 0.95
+    assert (take(Sampling(decoding="greedy")) == truth).float().mean() < 0.5
+
+    def miss(sampling: Sampling) -> float:  # mean distance from the loop, in classes
+        return (take(sampling) - truth).abs().float().mean().item()
+
+    assert miss(Sampling(0.5, loop=1.0)) < 2.0  # within the copy bump's width
+    assert miss(Sampling(0.5)) > 20.0
+    torch.testing.assert_close(take(Sampling(0.5, loop=0.0)), take(Sampling(0.5)))
+
+
+def test_the_loop_mixture_is_normalised_and_ends_at_the_copy() -> None:
+    module = build()
+    sampler = FrameSampler(
+        module.net.sample_tier, module.net.embed, module.net.head, module.net.copy, 0
+    )
+    copy = sampler.copy
+    rng = np.random.default_rng(0)
+    out = rng.normal(size=(3, 256)).astype(np.float32)
+    act = rng.random((3, 16)).astype(np.float32)
+    bumps = copy.copies(torch.rand(3, 4) * 2 - 1)[:, 0]
+    for loop in (0.0, 0.3, 1.0):
+        log_p = copy.mix(out, act, bumps, loop)
+        np.testing.assert_allclose(np.exp(log_p).sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(copy.mix(out, act, bumps, 1.0), bumps, rtol=1e-6, atol=1e-6)
+
+
+def test_loop_without_a_lookback_says_what_to_do() -> None:
+    with pytest.raises(ConfigError, match="loop=0.5: only a model with a lookback"):
+        Stream(build(lookback=0), torch.zeros(1, 96), sampling=Sampling(loop=0.5)).read(8)
+    with pytest.raises(ConfigError, match="loop=1.5"):
+        Sampling.parse(loop=1.5)

@@ -80,8 +80,10 @@ def val_datamodule(module: LofiModule, data_cfg: Mapping[str, Any]) -> LofiDataM
 
 
 def sampling_from(cfg: DictConfig) -> Sampling:
-    """The decoding knobs (top-level `temperature`, `top_p`, `decoding`), checked."""
-    return Sampling.parse(cfg.get("temperature"), cfg.get("top_p"), cfg.get("decoding"))
+    """The decoding knobs (top-level `temperature`, `top_p`, `decoding`, `loop`), checked."""
+    return Sampling.parse(
+        cfg.get("temperature"), cfg.get("top_p"), cfg.get("decoding"), cfg.get("loop")
+    )
 
 
 def longform_options(cfg: DictConfig) -> dict[str, Any]:

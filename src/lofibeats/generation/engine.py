@@ -215,8 +215,11 @@ class Continuation:
         self.net, self.context_len = module.net, module.context_len
         self.device = module.device
         self.backend: Backend | None = None
+        self.recalls = False  # whether the model has a lookback (`loop` needs one)
         if isinstance(self.net, AutoregressiveNet):
-            self.backend = backend_for(self.net.decoder_weights(), engine, self.device)
+            weights = self.net.decoder_weights()
+            self.backend = backend_for(weights, engine, self.device)
+            self.recalls = weights.lookback is not None
         elif engine == "fused":
             raise ConfigError(
                 f"engine=fused: the {module.family} model has no fused engine; "
@@ -227,6 +230,16 @@ class Continuation:
     def name(self) -> str:
         """What runs, for messages: "reference", "fused (C kernel)" or "fused (torch)"."""
         return "reference" if self.backend is None else self.backend.name
+
+    def check(self, sampling: Sampling) -> Sampling:
+        """`sampling`, or a ConfigError where it asks for what this model cannot do (`loop`
+        without a lookback)."""
+        if sampling.looping and not self.recalls:
+            raise ConfigError(
+                f"loop={sampling.loop}: only a model with a lookback can loop what it recalls "
+                "(train one with model.lookback, e.g. experiment=music_16k); use loop=0"
+            )
+        return sampling
 
     @torch.no_grad()
     def __call__(
@@ -243,6 +256,7 @@ class Continuation:
         `generator`. Family `options` (vseq2seq: `z`, `creativity`) go to the family's start."""
         if prev.dim() != 2:
             raise ValueError(f"prev must be [batch, time], got shape {tuple(prev.shape)}")
+        self.check(sampling)
         prev = prev[:, -self.context_len :].to(self.device, torch.float32)
         if self.backend is None:
             return self.net.continue_audio(prev, n_samples, sampling, generator, **options)

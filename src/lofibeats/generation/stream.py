@@ -246,6 +246,7 @@ class Stream:
 
     def _state_block(self) -> torch.Tensor:
         net, n = self.module.net, self.chunk_len
+        self.continuation.check(self.sampling)
         if self._start is None:
             self._start = net.start(self.history, n, self.generator, **self.options)
         tokens, _ = self.continuation.backend.decode(self._start, n, self.sampling, self.generator)

@@ -103,7 +103,8 @@ class Seq2SeqConfig(ModelConfig):
     input_noise: float = 0.0  # std of gaussian noise on teacher-forced inputs (audio units)
     lookback: int | str = 0  # farthest lag the decoder recalls from (frame models; 0 = off)
     lookback_min: int | str = "0.1s"  # nearest lag it recalls from
-    lookback_dim: int = 32  # width of the descriptions it matches
+    lookback_window: int | str = "64ms"  # the audio it matches to find the lag
+    lookback_hop: int | str = "16ms"  # how often it searches again (whole frames)
 
     @classmethod
     def parse(cls, **given: Any) -> Seq2SeqConfig:
@@ -163,12 +164,13 @@ class Seq2SeqConfig(ModelConfig):
 def _lookback(
     values: dict[str, Any], sr: int, frame_size: int, prev_len_max: int
 ) -> dict[str, Any]:
-    """The checked lookback keys, in samples (lookback 0: off)."""
-    dim = number(values["lookback_dim"], "model.lookback_dim", kind=int, low=1)
+    """The checked lookback keys, in samples (lookback 0: off, the others kept as given)."""
     if values["lookback"] in (0, "0", None):
-        return {"lookback": 0, "lookback_min": values["lookback_min"], "lookback_dim": dim}
+        return {"lookback": 0}
     far = to_samples(values["lookback"], sr, "model.lookback")
     near = to_samples(values["lookback_min"], sr, "model.lookback_min")
+    window = to_samples(values["lookback_window"], sr, "model.lookback_window")
+    hop = to_samples(values["lookback_hop"], sr, "model.lookback_hop")
     if frame_size == 1:
         raise ConfigError(
             "model.lookback needs a frame model: set model.frame_size (e.g. 16) or model.lookback=0"
@@ -188,7 +190,12 @@ def _lookback(
             f"data.prev_len_max ({prev_len_max}): the model can only recall what prev holds; "
             "raise data.prev_len_max or lower model.lookback"
         )
-    return {"lookback": far, "lookback_min": near, "lookback_dim": dim}
+    if hop % frame_size:
+        raise ConfigError(
+            f"model.lookback_hop={values['lookback_hop']!r} ({hop} samples): use a multiple of "
+            f"model.frame_size ({frame_size}); searches happen between frames"
+        )
+    return {"lookback": far, "lookback_min": near, "lookback_window": window, "lookback_hop": hop}
 
 
 def _teacher_forcing(given: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ and the same draws (`FrameSampler.noise`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -116,12 +117,18 @@ class FoldedCopy:
         bump = -np.abs(self.levels - centres[..., None]) / self.width
         return bump - _logsumexp(bump)
 
-    def mix(self, out: np.ndarray, act: np.ndarray, copy: np.ndarray) -> np.ndarray:
-        """Head logits without bias, sample-tier features, copy log-probs -> log p."""
+    def mix(
+        self, out: np.ndarray, act: np.ndarray, copy: np.ndarray, loop: float = 0.0
+    ) -> np.ndarray:
+        """Head logits without bias, sample-tier features, copy log-probs -> log p. `loop`
+        (`Sampling.loop`) raises the copy's share g to loop + (1 - loop) g."""
         logits = out + self.bias
         own = logits - _logsumexp(logits)
         gate = act @ self.gate_weight + self.gate_bias
         keep, take = -np.logaddexp(0.0, gate), -np.logaddexp(0.0, -gate)  # log(1-g), log g
+        if loop > 0:
+            stay = math.log1p(-loop) if loop < 1 else -math.inf
+            keep, take = keep + stay, np.logaddexp(math.log(loop), take + stay)
         return np.logaddexp(keep[..., None] + own, take[..., None] + copy)
 
 
@@ -245,7 +252,7 @@ class FrameSampler:
         # views of buf for each position of a frame (buf is shifted in place, so they stay valid)
         pre = [buf[rows, k + p] for p in range(k)]
         ahead = [buf[rows, k + p + 1 : 2 * k + p + 1] for p in range(k)]
-        frame_tokens, copy = context, self.copy
+        frame_tokens, copy, loop = context, self.copy, sampling.loop
         for j in range(frames):
             h = step(frame_tokens, j)
             buf[:, k : 2 * k] += _np(self.tier.frame_bias(h[:, None]))
@@ -253,7 +260,7 @@ class FrameSampler:
             for p in range(k):
                 np.maximum(pre[p], 0.0, out=act)
                 np.matmul(act, weight, out=out)
-                logits = out if copy is None else copy.mix(out, act, copies[..., p, :])
+                logits = out if copy is None else copy.mix(out, act, copies[..., p, :], loop)
                 x = draw(logits, j * k + p)
                 tokens[rows, j * k + p] = x
                 ahead[p] += contribution(x)

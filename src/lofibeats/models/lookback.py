@@ -1,25 +1,29 @@
-"""Lookback: a frame decoder recalls what followed the moments of its past that sound like now.
+"""Lookback: a frame decoder finds where the music repeats and reads what followed there.
 
 Music repeats itself: the beat every bar, a bass line every few bars, a chord for seconds. An
 LSTM's state forgets that within milliseconds of raw audio at the budgets this project trains
-on (the NLL given 4 s of past was no better than given 64 ms), so the decoder is given a
-path to the past it cannot lose: at every frame it describes the last few tens of
-milliseconds (`describe`: a coarse part, a learned per-frame projection, rectified, averaged
-over `DESCRIPTOR_SAMPLES`, log-compressed and normalised, which follows energy and spectrum
-and finds the place in the bar; and a fine part, the last `SHAPE_SAMPLES` of waveform scaled to
-unit RMS, which finds the phase there, so recalled samples line up), compares that description with the description of every moment between
-`lookback_min` and `lookback` ago, and reads, softmax-weighted by the similarity, the samples
-that *followed* those moments (`RECALL_SAMPLES`, starting with the frame being predicted).
-A "no match" slot with a learned score lets it recall nothing; the weighted mean similarity
-of what it recalled is the recall's confidence (about 1 in a loop, 0 in noise), read with the
-recalled samples. The frame LSTM reads the recall with its
-input and the sample tier with the frame's output (`Seq2SeqNet.decode`), so a continuation can
-carry the prime's beat and harmonics on: each generated frame becomes the "now" that the next
-frame's description matches against the past.
+on (the NLL given 4 s of past was no better than given 64 ms), so the decoder is given a path to
+the past it cannot lose: a long-term predictor, as speech codecs predict the pitch period, at the
+scale of beats and bars.
 
-Training computes the recall of every decoder frame in parallel over the teacher-forced
-stream (`Lookback.recall`); generation keeps the past frames and their descriptions in a
-`LookbackReader` and adds one frame at a time, with the same values (tested).
+Every `hop` samples the lookback *searches*: it finds the lag L between `min_lag` and `max_lag`
+whose `window` samples best match the last `window` samples (normalised cross-correlation over
+every lag, one FFT per search: `Lookback.search`). Until the next search, each decoder frame
+*recalls* from L samples before it: the `RECALL_SAMPLES` that followed there (starting with the
+frame being predicted), the search's score, and how well the `LOCAL_SAMPLES` just before the
+frame still match the ones just before the recalled place (in a copy that holds, about 1). The
+frame LSTM reads the recall with its input, the sample tier with the frame's output, and
+`CopyHead` can copy the recalled samples outright (`Seq2SeqNet.decode`), so a continuation can
+carry the prime's beat and harmonics on: what it generates becomes the past the next search
+matches against.
+
+The search is a hard choice (an argmax, no gradient): a soft one blurs the recalled waveform
+over every lag that looks alike, and a blurred copy is quiet noise (measured on the earlier,
+softmax-matched lookback: recalled samples correlated 0.43 with the truth, a copy of them
+turned to noise). Searches start at the first decoded frame and repeat every `hop` samples,
+in training (`recall`, every frame of a window in parallel) and generation (`LookbackReader`,
+frame by frame) alike, so both recall the same values (tested); a stream's blocks are whole
+hops, so its samples do not depend on how it is read.
 """
 
 from __future__ import annotations
@@ -30,106 +34,99 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DESCRIPTOR_SAMPLES = 512  # what the coarse part of a description covers (32 ms at 16 kHz)
-SHAPE_SAMPLES = 64  # the waveform the fine part holds
-RECALL_SAMPLES = 32  # samples recalled after a matched moment: the predicted frame onwards
-_LOG_FLOOR = 1e-3
-_SHARPNESS = 20.0  # initial softmax gain on the cosine-like similarity in [-1, 1]
+RECALL_SAMPLES = 32  # samples recalled at the lag: the predicted frame onwards
+LOCAL_SAMPLES = 64  # the waveform whose match says whether the copy still holds
+_EPS = 1e-8  # energy floor of a match: silence matches nothing
 _COPY_WIDTH = 0.02  # initial width of the copy bump, in class values (2 / 255 per class)
 
 
-class Lookback(nn.Module):
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity over the last axis, 0 where either side is silent."""
+    dot = (a * b).sum(-1)
+    return dot * torch.rsqrt(a.square().sum(-1) * b.square().sum(-1) + _EPS)
+
+
+class Lookback:
     """The lookback of a frame decoder with frames of `frame_size` samples: lags between
-    `min_lag` and `max_lag` frames, descriptions of width `dim`."""
+    `min_lag` and `max_lag` samples, found by matching `window` samples every `hop` samples
+    (a multiple of the frame size). It has no weights: what to make of a recall is learned by
+    the networks that read it."""
 
-    def __init__(self, frame_size: int, dim: int, min_lag: int, max_lag: int) -> None:
-        super().__init__()
-        self.frame_size, self.dim = frame_size, dim
-        self.window = max(1, DESCRIPTOR_SAMPLES // frame_size)  # frames one description covers
-        self.ahead = max(1, RECALL_SAMPLES // frame_size)  # frames recalled after a match
-        self.shape_frames = max(1, SHAPE_SAMPLES // frame_size)
-        width = dim + self.shape_frames * frame_size
-        if min_lag < self.ahead:
-            raise ValueError(f"min_lag={min_lag} frames must reach past the recalled frames")
-        self.min_lag, self.max_lag = min_lag, max_lag
-        self.energy = nn.Linear(frame_size, dim)
-        self.project = nn.Linear(width, width, bias=False)
-        nn.init.eye_(self.project.weight)  # start as plain similarity of descriptions
-        self.log_sharpness = nn.Parameter(torch.tensor(math.log(_SHARPNESS)))
-        self.null_score = nn.Parameter(torch.zeros(()))
+    def __init__(self, frame_size: int, min_lag: int, max_lag: int, window: int, hop: int) -> None:
+        if min_lag < RECALL_SAMPLES or max_lag <= min_lag:
+            raise ValueError(f"lags {min_lag}..{max_lag}: need {RECALL_SAMPLES} <= min < max")
+        if hop % frame_size:
+            raise ValueError(f"hop={hop} must be a multiple of the frame size {frame_size}")
+        self.frame_size, self.min_lag, self.max_lag = frame_size, min_lag, max_lag
+        self.window, self.hop_frames = window, hop // frame_size
+        self.span = max_lag + max(window, LOCAL_SAMPLES)  # samples a search and recall read
+        self.fft_size = 1 << math.ceil(math.log2(max_lag - min_lag + window))
 
-    @property
-    def out_dim(self) -> int:
-        """Width of a recall: the recalled samples and the confidence."""
-        return self.ahead * self.frame_size + 1
+    out_dim = RECALL_SAMPLES + 2  # the recalled samples, the search's score, the local match
 
     @property
     def history_frames(self) -> int:
-        """Past frames a reader needs for exact descriptions at every lag it reads."""
-        return self.max_lag + self.window
+        """Past frames a reader needs to recall exactly what training recalls."""
+        return -(-self.span // self.frame_size)
 
-    # ----------------------------------------------------------------- descriptions
-    def frame_energy(self, values: torch.Tensor) -> torch.Tensor:
-        """Frames [.., k] of sample values -> rectified projections [.., dim]."""
-        return self.energy(values).abs()
+    # ----------------------------------------------------------------- searching
+    def search(self, signal: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lag to continue `signal` [B, span] from: (lags [B] in samples, scores [B]: the
+        normalised cross-correlation of the last `window` samples with the `window` samples
+        that lag earlier; 0 against silence)."""
+        w, n = self.window, self.max_lag - self.min_lag + self.window
+        tail = signal[:, -w:]
+        region = signal[:, signal.shape[1] - self.max_lag - w : signal.shape[1] - self.min_lag]
+        spectrum = (
+            torch.fft.rfft(region, self.fft_size) * torch.fft.rfft(tail, self.fft_size).conj()
+        )
+        dots = torch.fft.irfft(spectrum, self.fft_size)[:, : n - w + 1]  # segment j: region[j:j+w]
+        power = F.pad(region.double().square().cumsum(-1), (1, 0))
+        energy = (power[:, w:] - power[:, :-w]).clamp(min=0.0).float()
+        scores = dots * torch.rsqrt(energy * tail.square().sum(-1, keepdim=True) + _EPS)
+        best = scores.argmax(-1)
+        return self.max_lag - best, scores.gather(1, best[:, None])[:, 0]
 
-    def describe(self, mean_energy: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-        """Window-mean energies [.., dim] and the last waveform [.., shape_frames k] ->
-        descriptions [.., width] (the keys and queries)."""
-        coarse = F.layer_norm(torch.log(mean_energy + _LOG_FLOOR), (self.dim,))
-        fine = shape * torch.rsqrt(shape.square().mean(-1, keepdim=True) + _LOG_FLOOR**2)
-        return self.project(torch.cat([coarse, fine], dim=-1))
-
-    def descriptions(self, values: torch.Tensor) -> torch.Tensor:
-        """Frames [B, F, k] -> the description ending at each frame [B, F, width]; frames
-        before the first count as silence."""
-        energy = self.frame_energy(values).transpose(1, 2)  # [B, dim, F]
-        padded = F.pad(energy, (self.window - 1, 0))
-        mean = F.avg_pool1d(padded, self.window, stride=1).transpose(1, 2)
-        frames, m = values.shape[1], self.shape_frames
-        past = F.pad(values, (0, 0, m - 1, 0))
-        shape = torch.cat([past[:, i : i + frames] for i in range(m)], dim=-1)
-        return self.describe(mean, shape)
-
-    # ----------------------------------------------------------------- reading
-    def read(
-        self,
-        queries: torch.Tensor,
-        keys: torch.Tensor,
-        after: torch.Tensor,
-        valid: torch.Tensor | None = None,
+    # ----------------------------------------------------------------- recalling
+    def recall_at(
+        self, signal: torch.Tensor, at: torch.Tensor, lags: torch.Tensor, scores: torch.Tensor
     ) -> torch.Tensor:
-        """Softmax over the candidates' similarity (and the no-match slot) -> recall.
+        """The recall of frames starting at sample positions `at` [Q] of `signal` [B, T], each
+        with its search's lag and score ([B, Q]) -> [B, Q, out_dim]."""
+        ahead = torch.arange(RECALL_SAMPLES, device=signal.device)
+        local = torch.arange(-LOCAL_SAMPLES, 0, device=signal.device)
+        source = at[None, :] - lags  # [B, Q]: where the copy reads from
 
-        queries [B, Q, D], keys [B, N, D], `after` [B, N, ahead k] (what followed each
-        candidate), `valid` [Q, N] (the lags in range; None: all) -> [B, Q, out_dim]."""
-        similarity = torch.matmul(queries, keys.transpose(1, 2)) / queries.shape[-1]
-        scores = similarity * self.log_sharpness.exp()
-        if valid is not None:
-            scores = scores.masked_fill(~valid, float("-inf"))
-        null = self.null_score.expand(*scores.shape[:2], 1)
-        weights = torch.softmax(torch.cat([scores, null], dim=-1), dim=-1)[..., :-1]
-        recalled = torch.matmul(weights, after)
-        confidence = (weights * similarity).sum(-1, keepdim=True)
-        return torch.cat([recalled, confidence], dim=-1)
+        def take(starts: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+            index = (starts[..., None] + offsets).flatten(1)
+            return signal.gather(1, index).view(*starts.shape, offsets.numel())
 
-    def following(self, values: torch.Tensor, count: int) -> torch.Tensor:
-        """For candidates f = 0..count-1 of frames [B, F, k]: frames f+1 .. f+ahead, flattened
-        [B, count, ahead k]."""
-        return torch.cat([values[:, 1 + i : 1 + i + count] for i in range(self.ahead)], dim=-1)
+        now = take(at[None, :].expand_as(source), local)
+        then = take(source, local)
+        recalled = take(source, ahead)
+        return torch.cat([recalled, scores[..., None], _cosine(now, then)[..., None]], dim=-1)
+
+    def padded(self, signal: torch.Tensor, before: int) -> tuple[torch.Tensor, int]:
+        """`signal` [B, T] left-padded with silence so that position `before` has a whole span
+        behind it -> (padded signal, how far positions moved)."""
+        shift = max(0, self.span - before)
+        return F.pad(signal, (shift, 0)), shift
 
     def recall(self, values: torch.Tensor, first: int) -> torch.Tensor:
         """Recalls of the decoder frames that predict frames first..F-1 of the teacher-forced
-        stream `values` [B, F, k] (frame t reads the description ending at frame t - 1):
-        [B, F - first, out_dim]. `first` >= 1."""
-        frames = values.shape[1]
-        keys = self.descriptions(values)
-        count = max(0, frames - 1 - self.ahead)  # candidates whose following frames are known
-        at = torch.arange(first - 1, frames - 1, device=values.device)
-        lag = at[:, None] - torch.arange(count, device=values.device)[None]
-        valid = (lag >= self.min_lag) & (lag <= self.max_lag)
-        queries = keys[:, first - 1 : frames - 1]
-        return self.read(queries, keys[:, :count], self.following(values, count), valid)
+        stream `values` [B, F, k]: [B, F - first, out_dim]. A search at frame `first` and every
+        hop after it, each over the span before it."""
+        batch, frames, k = values.shape
+        signal, shift = self.padded(values.flatten(1), first * k)
+        starts = torch.arange(first, frames, self.hop_frames, device=values.device)
+        ends = starts * k + shift
+        spans = torch.stack([signal[:, e - self.span : e] for e in ends.tolist()], dim=1)
+        lags, scores = self.search(spans.flatten(0, 1))
+        per_frame = torch.arange(frames - first, device=values.device) // self.hop_frames
+        lags = lags.view(batch, -1)[:, per_frame]
+        scores = scores.view(batch, -1)[:, per_frame]
+        at = torch.arange(first, frames, device=values.device) * k + shift
+        return self.recall_at(signal, at, lags, scores)
 
     def reader(self, history: torch.Tensor, frames: int) -> LookbackReader:
         """A reader over past frames `history` [B, H, k] (at least `history_frames` of them
@@ -139,39 +136,32 @@ class Lookback(nn.Module):
 
 class LookbackReader:
     """One decode's lookback, frame by frame: `push` each new frame, `read` the recall of the
-    frame after the last one pushed. Buffers are allocated once per decode."""
+    frame after the last one pushed (searching on the first read and every hop after it).
+    The buffer is allocated once per decode."""
 
     def __init__(self, lookback: Lookback, history: torch.Tensor, frames: int) -> None:
         self.lookback = lookback
-        batch, have, k = history.shape
-        size = have + frames
-        self.values = history.new_zeros(batch, size, k)
-        self.values[:, :have] = history
-        self.energy = history.new_zeros(batch, size, lookback.dim)
-        self.energy[:, :have] = lookback.frame_energy(history)
-        self.keys = history.new_zeros(batch, size, lookback.project.out_features)
-        self.keys[:, :have] = lookback.descriptions(history)
-        self.count = have
+        k = lookback.frame_size
+        past, shift = lookback.padded(history.flatten(1), history.shape[1] * k)
+        self.signal = past.new_zeros(past.shape[0], past.shape[1] + frames * k)
+        self.signal[:, : past.shape[1]] = past
+        self.end, self.reads = past.shape[1], 0
+        self.lags = self.scores = None
 
     def push(self, frame: torch.Tensor) -> None:
         """Append one frame of sample values [B, k]."""
-        lookback, n = self.lookback, self.count
-        self.values[:, n] = frame
-        self.energy[:, n] = lookback.frame_energy(frame)
-        window = self.energy[:, max(0, n - lookback.window + 1) : n + 1]
-        shape = self.values[:, n - lookback.shape_frames + 1 : n + 1].flatten(1)
-        self.keys[:, n] = lookback.describe(window.sum(dim=1) / lookback.window, shape)
-        self.count = n + 1
+        k = frame.shape[1]
+        self.signal[:, self.end : self.end + k] = frame
+        self.end += k
 
     def read(self) -> torch.Tensor:
         """The recall [B, out_dim] of the frame after the last one pushed."""
-        lookback, at = self.lookback, self.count - 1
-        low = max(0, at - lookback.max_lag)
-        high = at - lookback.min_lag + 1  # candidates low .. high - 1
-        count = max(0, high - low)
-        keys = self.keys[:, low : low + count]
-        after = lookback.following(self.values[:, low:], count)
-        return lookback.read(self.keys[:, at : at + 1], keys, after)[:, 0]
+        lookback, end = self.lookback, self.end
+        if self.reads % lookback.hop_frames == 0:
+            self.lags, self.scores = lookback.search(self.signal[:, end - lookback.span : end])
+        self.reads += 1
+        at = torch.tensor([end], device=self.signal.device)
+        return lookback.recall_at(self.signal, at, self.lags[:, None], self.scores[:, None])[:, 0]
 
 
 class CopyHead(nn.Module):

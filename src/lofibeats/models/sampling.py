@@ -15,6 +15,12 @@ class Sampling(NamedTuple):
     temperature: float = 1.0
     top_p: float | None = None  # nucleus threshold in (0, 1] (mu-law only), None = off
     decoding: str = "sample"  # sample | greedy (argmax / the regression mean)
+    loop: float = 0.0  # lookback models: the least share of each draw on the recalled sample
+
+    @property
+    def looping(self) -> bool:
+        """Whether the take leans on the lookback's recall (`loop` > 0)."""
+        return self.loop > 0
 
     @property
     def is_greedy(self) -> bool:
@@ -23,15 +29,22 @@ class Sampling(NamedTuple):
 
     @classmethod
     def parse(
-        cls, temperature: Any = 1.0, top_p: Any = None, decoding: Any = "sample", prefix: str = ""
+        cls,
+        temperature: Any = 1.0,
+        top_p: Any = None,
+        decoding: Any = "sample",
+        loop: Any = 0.0,
+        prefix: str = "",
     ) -> Sampling:
-        """Checked knobs; an error names `<prefix>temperature` etc. and what to give."""
+        """Checked knobs; an error names `<prefix>temperature` etc. and what to give (None:
+        the default)."""
         return cls(
             temperature=number(temperature, f"{prefix}temperature", low=0.0),
             top_p=None
             if top_p is None
             else number(top_p, f"{prefix}top_p", low=0.0, high=1.0, low_open=True),
             decoding=choice(decoding, DECODINGS, f"{prefix}decoding"),
+            loop=0.0 if loop is None else number(loop, f"{prefix}loop", low=0.0, high=1.0),
         )
 
 

@@ -50,9 +50,10 @@ class Seq2SeqNet(nn.Module):
         self.lookback = (
             Lookback(
                 config.frame_size,
-                config.lookback_dim,
-                -(-config.lookback_min // config.frame_size),
-                config.lookback // config.frame_size,
+                config.lookback_min,
+                config.lookback,
+                config.lookback_window,
+                config.lookback_hop,
             )
             if config.lookback
             else None
