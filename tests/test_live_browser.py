@@ -4,23 +4,27 @@ it played, the underruns and the knob revision it is playing (`window.lofi`).
 
 The default suite runs a short session (play, first audio, non-silent, no underrun after the
 first second, a key press on a knob heard within 0.5 s, two more tabs with their own takes,
-freed when closed); `pytest -m slow` runs the 20-s session and a model slower than real time.
-Skipped, with the reason, where chromium or chromedriver is not installed (.ci/run installs
-them).
+freed when closed) and the loop slider of a lookback model; `pytest -m slow` runs the 20-s
+session and a model slower than real time. Skipped, with the reason, where chromium or
+chromedriver is not installed (.ci/run installs them).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from live_helpers import SR, make_runs, settings, shelf
+import torch
+from live_helpers import SR, make_runs, settings, shelf, write_run
+from test_lookback import LOOKBACK
 
 from lofibeats.generation.stream import Stream
 from lofibeats.live.harness import ServerThread, chromium, chromium_missing
+from lofibeats.models.seq2seq import Seq2SeqModule
 
 MISSING = chromium_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no headless browser: {MISSING}")
@@ -36,7 +40,13 @@ return {first: l.firstAudioMs, played: s.samplesPlayed || 0, underruns: l.underr
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("live-browser")
-    return root, make_runs(root)
+    ckpts = make_runs(root)
+    data = torch.load(ckpts["seq2seq"])["datamodule_hyper_parameters"]
+    torch.manual_seed(0)  # tests/test_lookback.py's frame model with a lookback
+    lookback = write_run(
+        root / "outputs", "2026-01-01/00-00-09_lookback", Seq2SeqModule(**LOOKBACK), data
+    )
+    return root, {**ckpts, "lookback": lookback}
 
 
 @pytest.fixture
@@ -102,6 +112,7 @@ def check_clean_playback(end: dict[str, Any], pressed: float) -> None:
 def test_the_page_plays_hears_a_knob_and_gives_each_tab_its_own_take(server) -> None:
     with chromium() as driver:
         pressed = press_play(driver, server.url)
+        assert not driver.find_element("id", "loop").is_displayed()  # no lookback
         end = listen(driver, 6.0, server, knob_at=3.0)
         assert end["sr"] == SR
         check_clean_playback(end, pressed)
@@ -144,6 +155,27 @@ def test_the_page_plays_hears_a_knob_and_gives_each_tab_its_own_take(server) -> 
         late = [u for u in state(driver)["underruns"] if u["seconds"] > 1.0]
         assert late == []
     assert _eventually(lambda: not workers[takes[main][0]].is_alive())
+
+
+def test_the_loop_slider_shows_for_a_lookback_model_and_reaches_its_stream(runs) -> None:
+    """A lookback take shows the loop slider at the command line's value (and no latent
+    knobs); a key press on it goes into the take's Sampling."""
+    from selenium.webdriver.common.keys import Keys
+
+    root, ckpts = runs
+    live = settings(root, default_ckpt=ckpts["lookback"], prime="none")
+    live = dataclasses.replace(live, knobs={**live.knobs, "loop": 0.25})
+    with ServerThread(live, shelf(), preload=True) as server, chromium() as driver:
+        press_play(driver, server.url)
+        loop = driver.find_element("id", "loop")
+        assert loop.is_displayed() and loop.get_attribute("value") == "0.25"
+        assert driver.find_element("id", "loop-value").text == "0.25"
+        assert not driver.find_element("id", "creativity").is_displayed()
+        loop.send_keys(Keys.END)
+        (session,) = server.live.sessions.values()
+        assert _eventually(lambda: session.player._take.stream.sampling.loop == 1.0)
+        assert driver.find_element("id", "loop-value").text == "1.00"
+        assert state(driver)["errors"] == []
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ line naming the key."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from live_helpers import make_runs
 
 from lofibeats.errors import CheckpointError, ConfigError
 from lofibeats.live.command import live, settings_from
+from lofibeats.live.server import LiveState
 
 from helpers import compose_config
 
@@ -78,6 +80,7 @@ def cfg(root: Path, *overrides: str):
         ("live.max_streams=0", "live.max_streams=0: give an integer >= 1"),
         ("live.ahead_seconds=0", "live.ahead_seconds=0"),
         ("temperature=-1", "temperature=-1"),
+        ("loop=2", "loop=2: give a number >= 0 and <= 1"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, override: str, message: str) -> None:
@@ -93,7 +96,17 @@ def test_an_exposed_host_gets_a_token_and_localhost_none(tmp_path: Path) -> None
     chosen = settings_from(cfg(tmp_path, "live.host=0.0.0.0", "live.token=correct-horse"))
     assert chosen.token == "correct-horse"
     knobs = settings_from(cfg(tmp_path, "temperature=0.7", "top_p=0.9", "creativity=0.5")).knobs
-    assert knobs == {"temperature": 0.7, "top_p": 0.9, "creativity": 0.5}
+    assert knobs == {"temperature": 0.7, "top_p": 0.9, "loop": 0.0, "creativity": 0.5}
+    assert settings_from(cfg(tmp_path, "loop=0.4")).knobs["loop"] == 0.4
+
+
+def test_loop_for_a_starting_model_without_a_lookback_says_so(runs, tmp_path: Path) -> None:
+    root, ckpts = runs
+    settings = dataclasses.replace(
+        settings_from(cfg(root, "loop=0.5")), default_ckpt=ckpts["seq2seq"]
+    )
+    with pytest.raises(ConfigError, match=r"^loop=0.5: .*_seq2seq has no lookback to loop"):
+        LiveState(settings, tmp_path).preload()
 
 
 def test_no_run_to_play_says_train_first(tmp_path: Path) -> None:

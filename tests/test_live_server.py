@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from live_helpers import SR, make_runs, settings, shelf
+from live_helpers import SR, make_runs, settings, shelf, write_run
+from test_lookback import LOOKBACK
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -27,15 +29,25 @@ from lofibeats.generation.stream import Stream
 from lofibeats.generation.style import style_path
 from lofibeats.live.harness import ServerThread
 from lofibeats.live.player import THREAD_PREFIX
-from lofibeats.live.protocol import HEADER, pack_frame, unpack_frame
+from lofibeats.live.protocol import HEADER, ProtocolError, check_knobs, pack_frame, unpack_frame
 from lofibeats.models.checkpoint import load_module
 from lofibeats.models.sampling import Sampling
+from lofibeats.models.seq2seq import Seq2SeqModule
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("live")
-    return root, make_runs(root)
+    ckpts = make_runs(root)
+    return root, {**ckpts, "lookback": lookback_run(root, ckpts["seq2seq"])}
+
+
+def lookback_run(root: Path, like: Path) -> Path:
+    """A run of tests/test_lookback.py's frame model with a lookback, on the data of `like`."""
+    data = torch.load(like)["datamodule_hyper_parameters"]
+    torch.manual_seed(0)
+    module = Seq2SeqModule(**LOOKBACK)
+    return write_run(root / "outputs", "2026-01-01/00-00-09_lookback", module, data)
 
 
 def serve(runs, **changes) -> ServerThread:
@@ -170,13 +182,22 @@ def test_frames_pack_to_a_header_and_int16() -> None:
         unpack_frame(b"short")
 
 
+def test_loop_is_a_knob_from_0_to_1() -> None:
+    assert check_knobs({"type": "set", "loop": 0}) == {"loop": 0.0}
+    both = check_knobs({"type": "start", "loop": 1, "temperature": 0.5})
+    assert both == {"loop": 1.0, "temperature": 0.5}
+    with pytest.raises(ProtocolError, match=r"^loop=-0.1: give a number >= 0 and <= 1") as bad:
+        check_knobs({"type": "set", "loop": -0.1})
+    assert bad.value.key == "loop"
+
+
 def test_checkpoint_list_names_family_rate_and_bits(runs) -> None:
     with serve(runs) as server:
         listing = httpx.get(server.url + "api/checkpoints").json()
         page = httpx.get(server.url)
         worklet = httpx.get(server.url + "static/worklet.js")
     rows = {row["name"].split("_")[-1]: row for row in listing["checkpoints"]}
-    assert set(rows) == {"seq2seq", "vseq2seq", "frame", "gan"}
+    assert set(rows) == {"seq2seq", "vseq2seq", "frame", "gan", "lookback"}
     assert rows["seq2seq"]["sr"] == SR and rows["seq2seq"]["bits_per_sample"] == 7.25
     assert rows["frame"]["family"] == "seq2seq" and rows["frame"]["frame_size"] == 8
     assert rows["gan"]["family"] == "gan" and rows["gan"]["bits_per_sample"] is None
@@ -221,6 +242,7 @@ def test_every_family_streams_and_takes_a_knob(runs, kind: str) -> None:
         listener.send(type="start")
         take = listener.expect("take")
         assert take["family"] == ("seq2seq" if kind == "frame" else kind)
+        assert take["lookback"] is False and "loop" not in take["knobs"]
         audio = listener.samples(take["take"], SR // 2)
         listener.send(type="set", id=1, temperature=0.5)
         at = listener.expect("knobs", id=1)["position"]
@@ -300,6 +322,52 @@ def test_style_and_creativity_knobs_of_a_vseq2seq_take(runs, tmp_path: Path) -> 
         listener.close()
 
 
+def test_the_loop_knob_plays_a_lookback_take_and_no_other(runs) -> None:
+    """A lookback take starts from the command line's loop and offers the knob; a change is
+    what a bare Stream makes with that loop set there. A model without a lookback offers none:
+    a take of it plays as trained, and a non-zero loop is refused."""
+    root, ckpts = runs
+    changes = dict(prime="none", frame_ms=10, ahead_seconds=0.3, knob_lead_seconds=0.0)
+    live = settings(root, default_ckpt=ckpts["lookback"], **changes)
+    live = dataclasses.replace(live, knobs={**live.knobs, "loop": 0.25})
+    with ServerThread(live, shelf()) as server:
+        listener = Listener(server)
+        listener.send(type="start")
+        take = listener.expect("take")
+        assert take["lookback"] and take["carry"] == "state" and take["knobs"]["loop"] == 0.25
+        number, frame = take["take"], take["frame"]
+        listener.samples(number, 2 * frame)
+        listener.send(type="set", id=1, loop=0.5)
+        reply = listener.expect("knobs", id=1)
+        assert reply["knobs"] == {"temperature": 0.9, "top_p": None, "loop": 0.5}
+        (session,) = server.live.sessions.values()
+        assert session.player._take.stream.sampling == Sampling(0.9, loop=0.5)
+        at = reply["position"]
+        served = listener.samples(number, at + frame)
+        stream = Stream(
+            load_module(ckpts["lookback"]),
+            None,
+            sampling=Sampling(0.9, loop=0.25),
+            seed=take["seed"],
+            carry="state",
+        )
+        head = stream.read(at)
+        stream.sampling = Sampling(0.9, loop=0.5)
+        audio = torch.cat([head, stream.read(frame)], dim=1)[0].numpy()
+        assert np.array_equal(served, unpack_frame(pack_frame(0, 0, 0, audio))[3])
+        plain = ckpts["seq2seq"].relative_to(root / "outputs").as_posix()
+        listener.send(type="start", checkpoint=plain)
+        other = listener.expect("take", lookback=False)
+        assert other["family"] == "seq2seq" and "loop" not in other["knobs"]
+        assert "has no lookback, so it plays as trained" in listener.expect("note")["message"]
+        listener.send(type="set", id=2, loop=0.5)
+        refused = listener.expect("error", id=2)
+        assert refused["key"] == "loop" and "only a model with a lookback" in refused["message"]
+        listener.samples(other["take"], frame)  # it plays on, as trained
+        assert session.player._take.stream.sampling == Sampling(0.9)
+        listener.close()
+
+
 # ---------------------------------------------------------------------- bad input
 BAD_MESSAGES = [
     ("{not json", "not JSON"),
@@ -309,6 +377,7 @@ BAD_MESSAGES = [
     (json.dumps({"type": "set", "temperature": 7}), "temperature=7: give a number >= 0 and <= 2"),
     (json.dumps({"type": "set", "temperature": "hot"}), "temperature='hot'"),
     (json.dumps({"type": "set", "top_p": 0}), "top_p=0: give a number > 0 and <= 1"),
+    (json.dumps({"type": "set", "loop": 1.5}), "loop=1.5: give a number >= 0 and <= 1"),
     (json.dumps({"type": "set", "volume": 11}), "volume: not a knob; the knobs are"),
     (
         json.dumps({"type": "set", "style": "../../etc/passwd"}),

@@ -32,6 +32,7 @@ from lofibeats.generation.prime import data_config_for
 from lofibeats.generation.style import clip_latent
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
+from lofibeats.models.decoding import AutoregressiveNet
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
 CLIP_SECONDS = 4.0  # a val clip as a style target: the first seconds of a val source
@@ -158,6 +159,12 @@ class LoadedModel:
     def latent(self) -> bool:
         """Whether takes of this model have a latent z (the creativity and style knobs)."""
         return isinstance(self.module, VSeq2SeqModule)
+
+    @property
+    def lookback(self) -> bool:
+        """Whether this model recalls where the music last repeated (the loop knob)."""
+        net = self.module.net
+        return isinstance(net, AutoregressiveNet) and net.decoder_weights().lookback is not None
 
     def _datamodule(self) -> LofiDataModule:
         """The val data (prepared on first use, as generate.py does); DataError if none."""

@@ -41,8 +41,14 @@ def settings_from(cfg: DictConfig) -> LiveSettings:
             raise ConfigError("live.token: give at least 8 characters (or null)")
     elif not is_loopback(host):
         token = secrets.token_urlsafe(16)
-    sampling = Sampling.parse(cfg.get("temperature"), cfg.get("top_p"), cfg.get("decoding"))
-    knobs: dict[str, Any] = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+    sampling = Sampling.parse(
+        cfg.get("temperature"), cfg.get("top_p"), cfg.get("decoding"), cfg.get("loop")
+    )
+    knobs: dict[str, Any] = {
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "loop": sampling.loop,
+    }
     if cfg.get("creativity") is not None:
         knobs["creativity"] = number(cfg.creativity, "creativity", low=0.0)
     options = cfg.get("options") or {}

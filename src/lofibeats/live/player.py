@@ -277,6 +277,12 @@ class Player:
                 prime, prime_name = torch.from_numpy(clip)[None], f"val clip {index}"
             except (LofiError, OSError) as exc:
                 notes.append(f"no val clip to start from ({exc}): starting from near-silence")
+        loop = self._knobs.get("loop", 0.0)
+        if loop > 0 and not model.lookback:
+            notes.append(
+                f"loop={loop:g}: the {module.family} model has no lookback, so it plays as "
+                "trained (the loop knob is for models trained with model.lookback)"
+            )
         carry = carry_for(settings.carry, model)
         if carry == "state" and not isinstance(module.net, AutoregressiveNet):
             carry = "window"
@@ -297,7 +303,7 @@ class Player:
         stream = Stream(
             module,
             prime,
-            sampling=self._sampling(),
+            sampling=self._sampling(model),
             seed=seed,
             engine=settings.engine,
             carry=carry,
@@ -343,21 +349,46 @@ class Player:
             "frame": take.frame_len,
             "knobs": self._knob_state(take.model),
             "latent": take.model.latent,
+            "lookback": take.model.lookback,
             "style_targets": take.model.style_targets(self.uploads),
         }
 
     def _knob_state(self, model: LoadedModel) -> dict[str, Any]:
-        sampling = self._sampling()
+        sampling = self._sampling(model)
         state = {"temperature": sampling.temperature, "top_p": sampling.top_p}
+        if model.lookback:
+            state["loop"] = sampling.loop
         if model.latent:
             state["creativity"] = self._knobs.get("creativity", DEFAULT_CREATIVITY)
             state["style"] = self._knobs.get("style")
         return state
 
-    def _sampling(self) -> Sampling:
+    def _sampling(self, model: LoadedModel) -> Sampling:
+        """The knobs as a take of `model` decodes with them (loop only where it has a
+        lookback: the stream refuses it elsewhere)."""
         return Sampling.parse(
-            self._knobs.get("temperature", 1.0), self._knobs.get("top_p"), self.settings.decoding
+            self._knobs.get("temperature", 1.0),
+            self._knobs.get("top_p"),
+            self.settings.decoding,
+            self._knobs.get("loop", 0.0) if model.lookback else 0.0,
         )
+
+    @staticmethod
+    def _refused(model: LoadedModel, knobs: dict[str, Any]) -> dict[str, str]:
+        """{knob: why} for the knobs in `knobs` a take of `model` cannot take."""
+        family = model.module.family
+        refused: dict[str, str] = {}
+        if not model.latent:
+            for name in sorted({"creativity", "style"} & set(knobs)):
+                refused[name] = (
+                    f"{name}: only vseq2seq models have a latent z; this take is {family}"
+                )
+        if knobs.get("loop", 0.0) > 0 and not model.lookback:
+            refused["loop"] = (
+                f"loop={knobs['loop']:g}: only a model with a lookback can loop what it "
+                f"recalls; this take's {family} model has none"
+            )
+        return refused
 
     def _style_center(self, take: _Take, style: str) -> torch.Tensor:
         """The z [D] a style target points at: the prime's posterior mean, a clip's, or a
@@ -386,21 +417,15 @@ class Player:
         if take is None:
             self._knobs.update(knobs)
             return
-        latent = {"creativity", "style"} & set(knobs)
-        if latent and not take.model.latent:
-            name = sorted(latent)[0]
-            self.emit(
-                {
-                    "type": "error",
-                    "key": name,
-                    "id": tag,
-                    "message": f"{name}: only vseq2seq models have a latent z; this take is "
-                    f"{take.model.module.family} (the stream goes on)",
-                }
-            )
-            knobs = {k: v for k, v in knobs.items() if k not in latent}
+        refused = self._refused(take.model, knobs)
+        if refused:
+            name, why = next(iter(refused.items()))
+            message = f"{why} (the stream goes on)"
+            self.emit({"type": "error", "key": name, "id": tag, "message": message})
+            knobs = {k: v for k, v in knobs.items() if k not in refused}
             if not knobs:
                 return
+        latent = {"creativity", "style"} & set(knobs)
         center = take.center
         if "style" in knobs:
             center = self._style_center(take, knobs["style"])  # a DataError changes nothing
@@ -408,7 +433,7 @@ class Player:
         take.center = center
         self._rev += 1
         at = self._rewind(take)
-        take.stream.sampling = self._sampling()
+        take.stream.sampling = self._sampling(take.model)
         if take.model.latent and (latent or self._knobs.get("style") is not None):
             blend = round(self.settings.style_blend_seconds * take.model.module.sample_rate)
             take.stream.style.change_to(self._z_goal(take), blend)

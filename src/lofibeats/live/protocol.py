@@ -20,8 +20,8 @@ socket closes) and `closing` (why the server closes the socket).
 Browser -> server, JSON text (at most `live.max_message_bytes` each):
 
     {"type": "start", "checkpoint": <id from /api/checkpoints, optional>, <knobs, optional>}
-    {"type": "set", "id": <optional tag, echoed>, <knobs>}   temperature, top_p, creativity,
-                                          style
+    {"type": "set", "id": <optional tag, echoed>, <knobs>}   temperature, top_p, loop,
+                                          creativity, style
     {"type": "new_take"}
     {"type": "played", "take": <n>, "position": <samples played>, "playing": <bool>}
     {"type": "pause"} / {"type": "resume"} / {"type": "ping"}
@@ -41,7 +41,7 @@ from lofibeats.validate import number
 VERSION = 1
 HEADER = struct.Struct("<IId")
 CLIENT_TYPES = ("start", "set", "new_take", "played", "pause", "resume", "ping")
-KNOBS = ("temperature", "top_p", "creativity", "style")
+KNOBS = ("temperature", "top_p", "loop", "creativity", "style")
 # the ranges the page's knobs cover; beyond them a model only makes noise or silence
 TEMPERATURE_MAX = 2.0
 CREATIVITY_MAX = 4.0
@@ -95,10 +95,12 @@ def parse_message(text: str | None, max_bytes: int) -> dict[str, Any]:
 def check_knobs(message: dict[str, Any], *, allow: tuple[str, ...] = ()) -> dict[str, Any]:
     """The knobs of a `set` / `start` message, checked: {name: value} for those present.
 
-    temperature: 0..TEMPERATURE_MAX (0 = greedy); top_p: null (off) or (0, 1]; creativity:
+    temperature: 0..TEMPERATURE_MAX (0 = greedy); top_p: null (off) or (0, 1]; loop: 0..1
+    (lookback models: the least share of each draw on the recalled sample); creativity:
     0..CREATIVITY_MAX; style: "prime" (the prime's own z), "random", "val:<n>" or
-    "upload:<id>" (whether it names a clip that exists is for the catalog to say). Keys other than `type`, the knobs and
-    `allow` are an error naming them.
+    "upload:<id>" (whether it names a clip that exists is for the catalog to say; whether
+    the model has a lookback or a latent z, for the player). Keys other than `type`, the
+    knobs and `allow` are an error naming them.
     """
     unknown = sorted(set(message) - {"type", *KNOBS, *allow})
     if unknown:
@@ -116,6 +118,8 @@ def check_knobs(message: dict[str, Any], *, allow: tuple[str, ...] = ()) -> dict
             knobs["top_p"] = (
                 None if value is None else number(value, "top_p", low=0.0, high=1.0, low_open=True)
             )
+        if "loop" in message:
+            knobs["loop"] = number(message["loop"], "loop", low=0.0, high=1.0)
         if "creativity" in message:
             knobs["creativity"] = number(
                 message["creativity"], "creativity", low=0.0, high=CREATIVITY_MAX

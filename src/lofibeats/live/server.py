@@ -130,11 +130,18 @@ class LiveState:
 
     def preload(self) -> tuple[LoadedModel, str]:
         """Load the starting checkpoint and decode a block with it (the first listener then
-        waits for neither); the model and its engine's name."""
+        waits for neither); the model and its engine's name. A `loop` it cannot take is a
+        ConfigError, as generate.py says."""
         if self.settings.default_ckpt is None:
             raise ConfigError("no starting checkpoint: give ckpt=<path> or ckpt=last")
         info = describe_checkpoint(self.settings.default_ckpt, self.settings.outputs_dir)
         model = self.models.get(info)
+        loop = self.settings.knobs.get("loop", 0.0)
+        if loop > 0 and not model.lookback:
+            raise ConfigError(
+                f"loop={loop:g}: {info.name} has no lookback to loop (train one with "
+                "model.lookback, e.g. experiment=music_16k); use loop=0"
+            )
         return model, warm_up(model, self.settings.player)
 
     def acquire(self, session: Session) -> bool:

@@ -231,6 +231,7 @@ function stopPlaying() {
 function knobValues() {
   const topP = Number($("top-p").value);
   const knobs = { temperature: Number($("temperature").value), top_p: topP >= 1 ? null : topP };
+  if (lofi.take && lofi.take.lookback) knobs.loop = Number($("loop").value);
   if (lofi.take && lofi.take.latent) knobs.creativity = Number($("creativity").value);
   return knobs;
 }
@@ -266,14 +267,17 @@ function slider(id, format, knob) {
 const FORMATS = {
   temperature: (v) => v.toFixed(2),
   "top-p": (v) => (v >= 1 ? "off" : v.toFixed(2)),
+  loop: (v) => v.toFixed(2),
   creativity: (v) => v.toFixed(2),
 };
 slider("temperature", FORMATS.temperature, (v) => ({ temperature: v }));
 slider("top-p", FORMATS["top-p"], (v) => ({ top_p: v >= 1 ? null : v }));
+slider("loop", FORMATS.loop, (v) => ({ loop: v }));
 slider("creativity", FORMATS.creativity, (v) => ({ creativity: v }));
 
 function showKnobs(knobs) {
   const values = { temperature: knobs.temperature, "top-p": knobs.top_p == null ? 1 : knobs.top_p };
+  if (knobs.loop != null) values.loop = knobs.loop;
   if (knobs.creativity != null) values.creativity = knobs.creativity;
   for (const [id, value] of Object.entries(values)) {
     $(id).value = String(value);
@@ -316,6 +320,7 @@ $("upload").addEventListener("change", async () => {
 function showTake(m) {
   const latent = m.latent;
   for (const el of document.querySelectorAll(".latent")) el.hidden = !latent;
+  for (const el of document.querySelectorAll(".lookback")) el.hidden = !m.lookback;
   $("top-p").disabled = m.head !== "mulaw";
   if (latent) {
     const style = $("style");
