@@ -78,12 +78,13 @@ def test_data_sr_is_the_one_rate_key(make_cfg, model: str) -> None:
     assert rates == dict.fromkeys(rates, 16000)
 
 
-KNOB = re.compile(r"^\s*(temperature|top_p|decoding|creativity):\s*([^#\s]*)")
+KNOB = re.compile(r"^\s*(temperature|top_p|decoding|loop|creativity):\s*([^#\s]*)")
 
 
 def test_every_decoding_knob_has_one_owner() -> None:
-    """temperature, top_p, decoding and creativity are set in one file each (conf/sampling,
-    conf/inference); anywhere else they may only interpolate it, never hold a second value."""
+    """temperature, top_p, decoding, loop and creativity are set in one file each
+    (conf/sampling, conf/inference; a preset of the sampling group may override them);
+    anywhere else they may only interpolate it, never hold a second value."""
     owners: dict[str, list[str]] = {}
     for path in sorted(CONF.rglob("*.yaml")):
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -91,11 +92,20 @@ def test_every_decoding_knob_has_one_owner() -> None:
             if m and not m.group(2).startswith("${"):
                 owners.setdefault(m.group(1), []).append(str(path.relative_to(CONF)))
     assert owners == {
-        "temperature": ["sampling/default.yaml"],
+        "temperature": ["sampling/default.yaml", "sampling/loop.yaml"],
         "top_p": ["sampling/default.yaml"],
         "decoding": ["sampling/default.yaml"],
+        "loop": ["sampling/default.yaml", "sampling/loop.yaml"],
         "creativity": ["inference/default.yaml"],
     }
+
+
+@pytest.mark.parametrize("command", ["generate", "eval", "live"])
+def test_the_loop_sampling_preset_composes(make_cfg, command: str) -> None:
+    cfg = make_cfg(command, ["sampling=loop"])
+    assert (cfg.temperature, cfg.top_p, cfg.decoding, cfg.loop) == (0.3, None, "sample", 0.95)
+    cfg = make_cfg(command, ["sampling=loop", "loop=0.5"])
+    assert cfg.loop == 0.5
 
 
 @pytest.mark.parametrize("command", ["generate", "eval"])
