@@ -103,7 +103,7 @@ def test_every_decoding_knob_has_one_owner() -> None:
 @pytest.mark.parametrize("command", ["generate", "eval", "live"])
 def test_the_loop_sampling_preset_composes(make_cfg, command: str) -> None:
     cfg = make_cfg(command, ["sampling=loop"])
-    assert (cfg.temperature, cfg.top_p, cfg.decoding, cfg.loop) == (0.3, None, "sample", 0.95)
+    assert (cfg.temperature, cfg.top_p, cfg.decoding, cfg.loop) == (0.1, None, "sample", 0.95)
     cfg = make_cfg(command, ["sampling=loop", "loop=0.5"])
     assert cfg.loop == 0.5
 

@@ -102,8 +102,8 @@ class Seq2SeqConfig(ModelConfig):
     input_dropout: float = 0.0  # P(a teacher-forced decoder input becomes silence), training only
     input_noise: float = 0.0  # std of gaussian noise on teacher-forced inputs (audio units)
     lookback: int | str = 0  # farthest lag the decoder recalls from (frame models; 0 = off)
-    lookback_min: int | str = "0.1s"  # nearest lag it recalls from
-    lookback_window: int | str = "64ms"  # the audio it matches to find the lag
+    lookback_min: int | str = "0.5s"  # nearest lag it recalls from
+    lookback_window: int | str = "0.5s"  # the audio it matches to find the lag
     lookback_hop: int | str = "16ms"  # how often it searches again (whole frames)
 
     @classmethod
