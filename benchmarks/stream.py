@@ -8,7 +8,9 @@ Two models with random weights (speed does not depend on the weights), one strea
 - sample-level: a 2 x 256 mu-law seq2seq (frame_size 1), context 1024, chunk 1024;
 - tiered: the same LSTMs with frame_size 16 and a slow top tier top_frame_size 256;
 - lookback: the tiered model hearing 4 s with a 4-s lookback and copy head
-  (`experiment=music_16k`); it decodes with the reference frame loop (its baseline too).
+  (`experiment=music_16k`); it decodes in the C kernel too (one kernel call per 16-ms search
+  hop, the search's FFT in torch between calls), and its bare reference decode (the Python
+  frame loop it ran before) is printed beside the fused one.
 
 For each, `carry=state` (the encoder's running state moves on over every new chunk: in the C
 kernel for the sample-level model, `engine.encoder_for`; the tiered model's top tier in torch),
@@ -66,10 +68,10 @@ def build(sr: int, config: dict) -> Seq2SeqModule:
     return Seq2SeqModule(sr=sr, next_len=1024, hidden=256, layers=2, **config).eval()
 
 
-def bare_decode_rate(module: Seq2SeqModule, seconds: float) -> float:
-    """Samples/s of the stream's backend alone (fused; reference for a lookback model), chunk
-    after chunk from one encoded state."""
-    stream = Stream(module, torch.zeros(1, module.context_len), carry="state")
+def bare_decode_rate(module: Seq2SeqModule, seconds: float, engine: str = "auto") -> float:
+    """Samples/s of the stream's backend alone (the one `engine` picks), chunk after chunk from
+    one encoded state."""
+    stream = Stream(module, torch.zeros(1, module.context_len), carry="state", engine=engine)
     backend, net = stream.continuation.backend, module.net
     start = net.start(stream.history, module.chunk_len)
     n, done = module.chunk_len, 0
@@ -112,6 +114,9 @@ def main() -> None:
         baseline = bare_decode_rate(module, seconds=5.0)
         engine = Stream(module, carry="state").engine
         print(f"\n{name}: bare {engine} decode {baseline / args.sr:.2f}x real time (baseline)")
+        if "lookback" in config:
+            reference = bare_decode_rate(module, seconds=5.0, engine="reference")
+            print(f"{name}: bare reference decode {reference / args.sr:.2f}x real time")
         print(
             f"{'carry':11} {'minute':>6} {'RTF':>7} {'RSS MB':>8} {'cost vs min 1':>14} {'vs baseline':>12}"
         )

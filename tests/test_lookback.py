@@ -127,7 +127,7 @@ def test_lookback_streams_are_the_same_in_any_chunk_sizes(kind: str, carry: str)
         takes.append(torch.cat([stream.read(size) for _ in range(-(-200 // size))], 1)[:, :200])
     torch.testing.assert_close(takes[0], takes[1], rtol=0, atol=0)
     assert takes[0].std() > 0
-    assert Stream(module, prime, carry=carry).engine == "reference"
+    assert Stream(module, prime, carry=carry).engine == "fused (C kernel)"
 
 
 def test_a_lookback_model_trains_and_its_copy_gate_learns() -> None:
@@ -142,9 +142,9 @@ def test_a_lookback_model_trains_and_its_copy_gate_learns() -> None:
     assert not torch.equal(before, module.net.copy.gate.weight)
 
 
-def test_engine_fused_says_a_lookback_model_has_none() -> None:
-    with pytest.raises(ConfigError, match="lookback has no fused backend"):
-        Continuation(build(), "fused")
+def test_engine_fused_runs_a_lookback_model_in_the_c_kernel() -> None:
+    assert Continuation(build(), "fused").name == "fused (C kernel)"
+    assert Continuation(build(), "auto").name == "fused (C kernel)"
 
 
 @pytest.mark.parametrize(

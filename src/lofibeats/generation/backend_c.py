@@ -3,20 +3,32 @@
 Every gate-width vector is zero-padded to a multiple of the kernel's panel width and every
 matrix is packed into panels (see `pack_panels`); the kernel then runs a whole chunk per call
 with the GIL released (ctypes drops it during foreign calls).
-`CBackend` runs sample-level seq2seq models, `CFrameBackend` a frame model's two-tier loop and
-`CEncoder` a sample-level encoder over tokens a stream has generated.
+`CBackend` runs sample-level seq2seq models, `CFrameBackend` a frame model's two-tier loop (with
+a lookback: one search hop per call, `Hop`) and `CEncoder` a sample-level encoder over tokens a
+stream has generated.
 """
 
 from __future__ import annotations
 
 import ctypes
+import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from lofibeats.generation.fused import FusedHead, FusedLSTM
-from lofibeats.generation.kernel import PANEL, FrameTierSpec, HeadSpec, LSTMSpec
-from lofibeats.models.frame_tier import FrameSampler, SampleTier, frame_values
+from lofibeats.generation.kernel import (
+    LOCAL,
+    PANEL,
+    RECALL,
+    FrameTierSpec,
+    HeadSpec,
+    LSTMSpec,
+    RecallSpec,
+)
+from lofibeats.models.frame_tier import FoldedCopy, FrameSampler, SampleTier, frame_values
+from lofibeats.models.lookback import LOCAL_SAMPLES, RECALL_SAMPLES
 from lofibeats.models.networks import LSTMState
 
 _ERRORS = {1: MemoryError, 2: ValueError}
@@ -183,9 +195,45 @@ class CBackend:
         return out, (h, c)
 
 
+def loop_logs(loop: float) -> tuple[float, float]:
+    """`Sampling.loop` as the kernel's copy mix reads it: (log(1 - loop), log(loop)), which
+    leave the mix as it is for loop = 0."""
+    if loop <= 0:
+        return 0.0, -math.inf
+    return (math.log1p(-loop) if loop < 1 else -math.inf), math.log(loop)
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One search hop of a lookback decode for `CFrameBackend.generate`: the sample values
+    `signal` ([B, T] float32, contiguous; the call writes its samples' values from `end` on),
+    the search's `lags` ([B] samples) and `scores` ([B]), and `Sampling.loop`."""
+
+    signal: torch.Tensor
+    end: int
+    lags: torch.Tensor
+    scores: torch.Tensor
+    loop: float
+
+
+def _copy_fields(
+    copy: FoldedCopy | None,
+) -> tuple[int, float, float, torch.Tensor | None, torch.Tensor | None]:
+    """The kernel tier's copy-head fields: (recall width, gate bias, bump width, gate weight,
+    class values); zeros and None without a lookback."""
+    if copy is None:
+        return 0, 0.0, 0.0, None, None
+    if (RECALL_SAMPLES, LOCAL_SAMPLES) != (RECALL, LOCAL):
+        raise ValueError("the C kernel's recall differs from lofibeats.models.lookback's")
+    weight = torch.from_numpy(copy.gate_weight).contiguous()
+    levels = torch.from_numpy(copy.levels).contiguous()
+    return RECALL_SAMPLES + 2, copy.gate_bias, copy.width, weight, levels
+
+
 class _PackedFrameTier:
     """A frame model's sample tier in the kernel's layout: the folds of `FrameSampler` (so both
-    paths add the very same float32 rows), the upsampling and output matrices in panels."""
+    paths add the very same float32 rows), the upsampling and output matrices in panels, and a
+    lookback model's copy head (`FoldedCopy`)."""
 
     def __init__(self, tier: SampleTier, sampler: FrameSampler) -> None:
         k, width = tier.frame_size, tier.sample_hidden
@@ -207,7 +255,8 @@ class _PackedFrameTier:
             slope = torch.from_numpy(sampler.slope).contiguous()
             offset = torch.from_numpy(sampler.const).contiguous()
             self.out_weight = out_weight[:, 0].contiguous()
-        self._keep = (table, slope, offset, values)
+        recall, gate_bias, bump_width, gate_weight, levels = _copy_fields(sampler.copy)
+        self._keep = (table, slope, offset, values, gate_weight, levels)
         self.spec = FrameTierSpec(
             k,
             width,
@@ -222,6 +271,11 @@ class _PackedFrameTier:
             _ptr(offset),
             _ptr(self.out_weight),
             _ptr(self.out_bias),
+            recall,
+            gate_bias,
+            bump_width,
+            _ptr(gate_weight),
+            _ptr(levels),
         )
 
 
@@ -248,6 +302,7 @@ class CFrameBackend:
         temperature: float,
         top_p: float | None,
         cond_gates: torch.Tensor | None = None,
+        hop: Hop | None = None,
     ) -> tuple[torch.Tensor, LSTMState]:
         """Tokens [B, frames k] after `context` (the k tokens before them, [B, k]) from the
         frame LSTM's `state`, and its final state. `cond_gates`: the frame LSTM's conditioning
@@ -256,7 +311,9 @@ class CFrameBackend:
         mu-law: `offsets` ([n, B, V], broadcastable) are added to the logits before an argmax
         (the output bias, plus T * Gumbel noise when sampling); `draws` ([n, B] uniforms)
         switch to inverse-CDF nucleus sampling with `temperature` and `top_p` instead.
-        Regression: `draws` ([n, B] Gaussian noise, already scaled) or None (the mean)."""
+        Regression: `draws` ([n, B] Gaussian noise, already scaled) or None (the mean).
+        A lookback model decodes one search `hop` per call (its frames recall from `hop.signal`
+        at `hop.end`, `hop.end + k`, ...); its `offsets` leave the output bias out."""
         h, c = (s.to(torch.float32).contiguous().clone() for s in state)
         batch, steps = context.shape[0], frames * self.k
         context = context.contiguous() if self.mulaw else context.to(torch.float32).contiguous()
@@ -271,6 +328,7 @@ class CFrameBackend:
             draws = draws.to(torch.float32).contiguous()
         nucleus = self.mulaw and draws is not None
         cond_gates, cond_b, cond_t = _cond_strides(cond_gates, self.lstm.n_gates, frames)
+        recall = None if hop is None else _recall_spec(hop)
         status = self.lib.lofi_frames(
             ctypes.byref(self.lstm.spec),
             ctypes.byref(self.tier.spec),
@@ -290,8 +348,51 @@ class CFrameBackend:
             int(nucleus),
             float(temperature),
             1.0 if top_p is None else float(top_p),
+            None if recall is None else ctypes.byref(recall[0]),
             out.data_ptr() if self.mulaw else None,
             None if self.mulaw else out.data_ptr(),
         )
-        _check(status, "the frame inputs (are the context tokens valid classes?)")
+        _check(
+            status,
+            "the frame inputs (are the context tokens valid classes? a lookback hop in range?)",
+        )
         return out, (h, c)
+
+    def mix(
+        self, out: torch.Tensor, act: torch.Tensor, centres: torch.Tensor, loop: float = 0.0
+    ) -> torch.Tensor:
+        """The kernel's copy mix of a lookback model (what `FoldedCopy.mix` computes): head
+        logits without their bias [N, V], sample-tier features [N, M] and recalled values [N]
+        -> log p [N, V]."""
+        logits = out.to(torch.float32).contiguous().clone()
+        act = act.to(torch.float32).contiguous()
+        centres = centres.to(torch.float32).contiguous()
+        result = torch.empty_like(logits)
+        status = self.lib.lofi_copy_mix(
+            ctypes.byref(self.tier.spec),
+            logits.shape[0],
+            logits.data_ptr(),
+            act.data_ptr(),
+            centres.data_ptr(),
+            *loop_logs(loop),
+            result.data_ptr(),
+        )
+        _check(status, "the copy mix (is this a lookback model?)")
+        return result
+
+
+def _recall_spec(hop: Hop) -> tuple[RecallSpec, tuple[torch.Tensor, ...]]:
+    """The kernel's struct for `hop`, with the tensors it points into (keep both alive)."""
+    if hop.signal.dtype != torch.float32 or not hop.signal.is_contiguous():
+        raise ValueError("a hop's signal must be a contiguous float32 tensor (it is written to)")
+    lags = hop.lags.to(torch.int64).contiguous()
+    scores = hop.scores.to(torch.float32).contiguous()
+    spec = RecallSpec(
+        hop.signal.data_ptr(),
+        hop.signal.stride(0),
+        hop.end,
+        lags.data_ptr(),
+        scores.data_ptr(),
+        *loop_logs(hop.loop),
+    )
+    return spec, (lags, scores)

@@ -15,6 +15,9 @@ family. Backends, all giving the same samples for the same random draws:
 - `FusedFrameBackend`: a frame model's two-tier loop (frame LSTM + sample tier) in the C kernel,
   with `FrameSampler`'s draws; a conditioned frame LSTM (vseq2seq's z) reads each frame's
   first sample's cond, projected to gate width up front as `FusedBackend` does per sample.
+  With a lookback the kernel runs one search hop per call (each frame's recall and the copy
+  head's mix in C) and the search itself (`Lookback.search`, one FFT) runs in torch between
+  calls, on the samples the kernel has written into the decode's signal.
 
 A stream that carries state also moves the family's encoder over every block it generates
 (`follow`); `encoder_for` runs that move in the C kernel too (`CEncoder`) where the family
@@ -37,7 +40,7 @@ from typing import Any, Protocol
 import torch
 
 from lofibeats.errors import ConfigError
-from lofibeats.generation.backend_c import CBackend, CEncoder, CFrameBackend
+from lofibeats.generation.backend_c import CBackend, CEncoder, CFrameBackend, Hop
 from lofibeats.generation.backend_torch import TorchBackend
 from lofibeats.generation.fused import fuse_frame_lstm, fuse_head, fuse_lstm
 from lofibeats.generation.kernel import load_kernel
@@ -127,7 +130,8 @@ class FusedBackend:
 
 class FusedFrameBackend:
     """A frame model's loop (frame LSTM + sample tier) for whole chunks in the C kernel, with the
-    random draws `FrameSampler` makes (same generator use)."""
+    random draws `FrameSampler` makes (same generator use); a lookback model's chunk one search
+    hop per kernel call, the search in torch between them."""
 
     name = "fused (C kernel)"
 
@@ -135,10 +139,27 @@ class FusedFrameBackend:
         tier = weights.sample_tier
         if tier is None:
             raise ValueError("FusedFrameBackend runs frame models only; use FusedBackend")
-        self.k = tier.frame_size
-        self.sampler = FrameSampler(tier, weights.embed, weights.head)
+        self.k, self.lookback = tier.frame_size, weights.lookback
+        offset = weights.decoder.lstm.hidden_size  # where a frame's recall starts, as reference.py
+        with torch.no_grad():  # the folds read parameters
+            self.sampler = FrameSampler(tier, weights.embed, weights.head, weights.copy, offset)
         self.lstm = fuse_frame_lstm(weights.decoder.lstm, weights.decoder.cond_dim)
         self.impl = CFrameBackend(lib, self.lstm, tier, self.sampler)
+
+    def _draws(
+        self, n: int, batch: int, sampling: Sampling, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(offsets, draws) of `CFrameBackend.generate` for n samples, drawn as `FrameSampler`
+        draws them."""
+        noise = self.sampler.noise(n, batch, sampling, generator)
+        if not self.sampler.mulaw:
+            return None, None if noise is None else torch.from_numpy(noise)
+        if sampling.is_greedy:  # argmax of logits + bias (a copy model's mix adds the bias)
+            return torch.from_numpy(self.sampler.offset_bias).expand(n, batch, -1), None
+        if sampling.top_p is None:  # ... + T Gumbel
+            return torch.from_numpy(noise), None
+        # nucleus: the reference's head draws one uniform per stream and step
+        return None, torch.rand(n, batch, generator=generator)
 
     @torch.no_grad()
     def decode(
@@ -150,30 +171,68 @@ class FusedFrameBackend:
     ) -> tuple[torch.Tensor, LSTMState]:
         batch, k = start.batch, self.k
         frames = -(-n_samples // k)
-        n = frames * k
-        noise = self.sampler.noise(n, batch, sampling, generator)
-        offsets = draws = None
-        if not self.sampler.mulaw:
-            draws = None if noise is None else torch.from_numpy(noise)
-        elif sampling.is_greedy or sampling.top_p is None:  # argmax of logits + bias (+ T Gumbel)
-            bias = torch.from_numpy(self.sampler.out_bias)
-            offsets = bias.expand(n, batch, -1) if sampling.is_greedy else torch.from_numpy(noise)
-        else:  # nucleus: the reference's head draws one uniform per stream and step
-            draws = torch.rand(n, batch, generator=generator)
+        offsets, draws = self._draws(frames * k, batch, sampling, generator)
         cond = start.cond
         if cond is not None and cond.dim() == 3:  # per sample: a frame reads its first sample's
             cond = cond[:, ::k]
-        tokens, state = self.impl.generate(
-            start.state,
-            start.context,
-            frames,
-            offsets=offsets,
-            draws=draws,
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            cond_gates=self.lstm.cond_gates(cond),
-        )
+        cond_gates = self.lstm.cond_gates(cond)
+        if self.lookback is not None:
+            tokens, state = self._hops(start, frames, offsets, draws, cond_gates, sampling)
+        else:
+            tokens, state = self.impl.generate(
+                start.state,
+                start.context,
+                frames,
+                offsets=offsets,
+                draws=draws,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                cond_gates=cond_gates,
+            )
         return tokens[:, :n_samples].to(start.context.device), state
+
+    def _hops(
+        self,
+        start: DecodeStart,
+        frames: int,
+        offsets: torch.Tensor | None,
+        draws: torch.Tensor | None,
+        cond_gates: torch.Tensor | None,
+        sampling: Sampling,
+    ) -> tuple[torch.Tensor, LSTMState]:
+        """A lookback model's decode, one kernel call per search hop: the signal (the past
+        frames, then what the kernel writes) and the searches as `LookbackReader` has them."""
+        lookback, k = self.lookback, self.k
+        assert lookback is not None and start.past is not None
+        past, _ = lookback.padded(start.past.flatten(1).to(torch.float32), start.past.shape[1] * k)
+        signal = past.new_zeros(past.shape[0], past.shape[1] + frames * k)
+        signal[:, : past.shape[1]] = past
+        state, context, pieces = start.state, start.context, [start.context[:, :0]]
+        for first in range(0, frames, lookback.hop_frames):
+            count, end = min(lookback.hop_frames, frames - first), past.shape[1] + first * k
+            lags, scores = lookback.search(signal[:, end - lookback.span : end])
+            window = slice(first * k, (first + count) * k)
+            tokens, state = self.impl.generate(
+                state,
+                context,
+                count,
+                offsets=None if offsets is None else offsets[window],
+                draws=None if draws is None else draws[window],
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                cond_gates=_frames_of(cond_gates, first, count),
+                hop=Hop(signal, end, lags, scores, sampling.loop),
+            )
+            pieces.append(tokens)
+            context = tokens[:, -k:]
+        return torch.cat(pieces, dim=1), state
+
+
+def _frames_of(cond_gates: torch.Tensor | None, first: int, count: int) -> torch.Tensor | None:
+    """The conditioning gates of frames first .. first + count ([B, G] is every frame's)."""
+    if cond_gates is None or cond_gates.dim() == 2:
+        return cond_gates
+    return cond_gates[:, first : first + count]
 
 
 def encoder_for(net: AutoregressiveNet, engine: str, device: torch.device) -> CEncoder | None:
@@ -196,13 +255,6 @@ def backend_for(weights: DecoderWeights, engine: str, device: torch.device) -> B
     lib = load_kernel() if device.type == "cpu" else None
     if weights.sample_tier is None:
         return FusedBackend(weights, lib)
-    if weights.lookback is not None:
-        if engine == "fused":
-            raise ConfigError(
-                "engine=fused: a frame model with a lookback has no fused backend; "
-                "use engine=auto or reference"
-            )
-        return ReferenceBackend(weights)
     return ReferenceBackend(weights) if lib is None else FusedFrameBackend(weights, lib)
 
 

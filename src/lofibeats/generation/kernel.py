@@ -29,9 +29,10 @@ from typing import Any
 from filelock import FileLock
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_engine.c"
-ABI = 5  # must match LOFI_ABI in the C source
+ABI = 6  # must match LOFI_ABI in the C source
 PANEL = 16  # must match LOFI_NB: columns per packed weight panel
-EXPORTS = ("lofi_abi", "lofi_encode", "lofi_decode", "lofi_frames")
+RECALL, LOCAL = 32, 64  # must match LOFI_RECALL, LOFI_LOCAL: a lookback's recall per frame
+EXPORTS = ("lofi_abi", "lofi_encode", "lofi_decode", "lofi_frames", "lofi_copy_mix")
 
 _UNIX_FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math")
 _MSVC_FLAGS = ("/O2",)
@@ -78,6 +79,25 @@ class FrameTierSpec(ctypes.Structure):
         ("offset", _P),
         ("out_weight", _P),
         ("out_bias", _P),
+        ("recall", _I32),
+        ("gate_bias", _F32),
+        ("copy_width", _F32),
+        ("gate_weight", _P),
+        ("levels", _P),
+    ]
+
+
+class RecallSpec(ctypes.Structure):
+    """Mirror of the C `LofiRecall` struct: one hop of a lookback decode."""
+
+    _fields_ = [
+        ("signal", _P),
+        ("stride", _I64),
+        ("end", _I64),
+        ("lags", _P),
+        ("scores", _P),
+        ("loop_stay", _F32),
+        ("loop_log", _F32),
     ]
 
 
@@ -170,8 +190,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.lofi_frames.restype = ctypes.c_int
     lib.lofi_frames.argtypes = [
         *(lstm, tier, _I32, _I32, _P, _P, _P, _P, _P, _I64, _I64, _P, _I64, _I64, _P, _I32),
-        *(_F32, _F32, _P, _P),
+        *(_F32, _F32, ctypes.POINTER(RecallSpec), _P, _P),
     ]
+    lib.lofi_copy_mix.restype = ctypes.c_int
+    lib.lofi_copy_mix.argtypes = [tier, _I32, _P, _P, _P, _F32, _F32, _P]
     return lib
 
 

@@ -32,7 +32,9 @@
 
 #define LOFI_NB 16 /* columns per weight panel */
 #define LOFI_RB 6  /* rows per register tile (6 x 16 floats: 12 of 16 AVX registers) */
-#define LOFI_ABI 5 /* bumped whenever a struct or signature below changes */
+#define LOFI_ABI 6 /* bumped whenever a struct or signature below changes */
+#define LOFI_RECALL 32 /* samples a lookback recalls per frame (lookback.RECALL_SAMPLES) */
+#define LOFI_LOCAL 64  /* samples of its local match (lookback.LOCAL_SAMPLES) */
 
 enum { LOFI_OK = 0, LOFI_NO_MEMORY = 1, LOFI_BAD_ARGS = 2 };
 
@@ -57,7 +59,9 @@ typedef struct {
 
 /* The sample-level tier of a frame model, folded as frame_tier.FrameSampler folds it: a drawn
  * sample adds its window contribution (a [k, M] table row per class, or x * slope + offset) to
- * the pre-activations of the next k positions. */
+ * the pre-activations of the next k positions. A lookback model (recall > 0, mu-law only) also
+ * feeds each frame's recall to the frame LSTM and the upsampling, and mixes its recalled samples
+ * into each draw with the copy head (frame_tier.FoldedCopy). */
 typedef struct {
     int32_t frame_size;         /* k */
     int32_t width;              /* M: sample_hidden */
@@ -72,7 +76,24 @@ typedef struct {
     const float *offset;        /* regression: [k, M] */
     const float *out_weight;    /* mu-law: panels with K = M, N = n_pad; regression: [M] */
     const float *out_bias;      /* mu-law: [n_pad]; regression: [1] */
+    int32_t recall;             /* R: recall values per frame (LOFI_RECALL + 2), 0: no lookback */
+    float gate_bias;            /* copy head: g = sigmoid(act . gate_weight + gate_bias) */
+    float copy_width;           /* copy head: the width of its bump, in class values */
+    const float *gate_weight;   /* copy head: [M] */
+    const float *levels;        /* copy head: [n_out] the class values the bump is over */
 } LofiFrameTier;
+
+/* One hop of a lookback decode: the sample values (`signal`, generated samples written into it
+ * from `end` on) and the lag and score of the hop's search, per stream. */
+typedef struct {
+    float *signal;        /* [batch, stride] */
+    int64_t stride;
+    int64_t end;          /* where the call's first frame starts */
+    const int64_t *lags;  /* [batch], in samples */
+    const float *scores;  /* [batch] */
+    float loop_stay;      /* Sampling.loop: log(1 - loop) (0 without a loop) */
+    float loop_log;       /* log(loop) (-inf without a loop) */
+} LofiRecall;
 
 LOFI_API int lofi_abi(void) { return LOFI_ABI; }
 
@@ -559,6 +580,97 @@ static void frame_lstm_step(const LofiLSTM *net, const int rows, const int n_in,
     }
 }
 
+/* ------------------------------------------------------------------ lookback */
+
+/* log(exp(x) + exp(y)) as NumPy's float32 logaddexp computes it. */
+LOFI_INLINE float logaddexp(const float x, const float y) {
+    if (x == y) return x + 0.693147180559945309f;
+    const float d = x - y;
+    if (d > 0) return x + log1pf(expf(-d));
+    if (d <= 0) return y + log1pf(expf(d));
+    return d; /* NaN */
+}
+
+/* log(sum(exp(x))) over n values. */
+static float logsumexp(const float *x, const int n) {
+    float top = x[0];
+    for (int j = 1; j < n; j++) top = x[j] > top ? x[j] : top;
+    double total = 0.0;
+    for (int j = 0; j < n; j++) total += expf(x[j] - top);
+    return top + logf((float)total);
+}
+
+/* r[0:R] = the recall of stream b's frame at sample `at`: the LOFI_RECALL samples from
+ * `at - lag`, the search's score, the cosine of the LOFI_LOCAL samples before `at` and before
+ * `at - lag` (0 where either is silent), as lookback.Lookback.recall_at computes it. */
+static void recall_frame(const LofiRecall *look, const int b, const int64_t at, float *r) {
+    const float *s = look->signal + (size_t)b * look->stride;
+    const int64_t from = at - look->lags[b];
+    for (int i = 0; i < LOFI_RECALL; i++) r[i] = s[from + i];
+    float dot = 0.0f, now = 0.0f, then = 0.0f;
+    for (int i = -LOFI_LOCAL; i < 0; i++) {
+        dot += s[at + i] * s[from + i];
+        now += s[at + i] * s[at + i];
+        then += s[from + i] * s[from + i];
+    }
+    r[LOFI_RECALL] = look->scores[b];
+    r[LOFI_RECALL + 1] = dot * (1.0f / sqrtf(now * then + 1e-8f));
+}
+
+/* copy[0:V] = log_softmax(-|levels - centre| / width): the copy head's bump on a recalled
+ * value (FoldedCopy.copies). */
+static void copy_logprobs(const LofiFrameTier *tier, const float centre, float *copy) {
+    const int V = tier->n_out;
+    for (int v = 0; v < V; v++) copy[v] = -fabsf(tier->levels[v] - centre) / tier->copy_width;
+    const float norm = logsumexp(copy, V);
+    for (int v = 0; v < V; v++) copy[v] -= norm;
+}
+
+/* mixed[0:V] = log p of the copy head's mixture (FoldedCopy.mix): `logits` [V] without the
+ * output bias (overwritten), `act` [M] the sample tier's features, `copy` [V] copy_logprobs. */
+static void copy_mix(const LofiFrameTier *tier, const LofiRecall *look, float *logits,
+                     const float *act, const float *copy, float *mixed) {
+    const int V = tier->n_out, M = tier->width;
+    for (int v = 0; v < V; v++) logits[v] += tier->out_bias[v];
+    const float norm = logsumexp(logits, V);
+    float gate = 0.0f;
+    for (int m = 0; m < M; m++) gate += act[m] * tier->gate_weight[m];
+    gate += tier->gate_bias;
+    const float keep = -logaddexp(0.0f, gate) + look->loop_stay; /* log(1 - g') */
+    const float take = logaddexp(look->loop_log, -logaddexp(0.0f, -gate) + look->loop_stay);
+    for (int v = 0; v < V; v++) mixed[v] = logaddexp(keep + (logits[v] - norm), take + copy[v]);
+}
+
+/* The copy head's log p for `rows` samples, for tests against FoldedCopy.mix: logits [rows, V]
+ * without the output bias (overwritten), features act [rows, M], recalled values centres
+ * [rows], Sampling.loop as in LofiRecall; out [rows, V]. */
+LOFI_API int lofi_copy_mix(const LofiFrameTier *tier, const int32_t rows, float *logits,
+                           const float *act, const float *centres, const float loop_stay,
+                           const float loop_log, float *out) {
+    if (rows < 0 || tier->recall == 0 || !tier->levels || !tier->gate_weight) return LOFI_BAD_ARGS;
+    const int V = tier->n_out;
+    float *copy = malloc(sizeof(float) * (size_t)V);
+    if (!copy) return LOFI_NO_MEMORY;
+    LofiRecall look = {NULL, 0, 0, NULL, NULL, loop_stay, loop_log};
+    for (int r = 0; r < rows; r++) {
+        copy_logprobs(tier, centres[r], copy);
+        copy_mix(tier, &look, logits + (size_t)r * V, act + (size_t)r * tier->width, copy,
+                 out + (size_t)r * V);
+    }
+    free(copy);
+    return LOFI_OK;
+}
+
+/* Whether `look` can serve `frames` frames of `batch` streams: every lag within [LOFI_RECALL,
+ * end - LOFI_LOCAL] and room for the frames in the signal. */
+static int valid_recall(const LofiRecall *look, const int batch, const int64_t steps) {
+    if (!look || !look->signal || !look->lags || !look->scores) return 0;
+    if (look->end < LOFI_LOCAL || look->end + steps > look->stride) return 0;
+    for (int b = 0; b < batch; b++)
+        if (look->lags[b] < LOFI_RECALL || look->lags[b] > look->end - LOFI_LOCAL) return 0;
+    return 1;
+}
+
 /* ahead[i, :] += the window contribution of one drawn sample at lag i + 1, i < k. */
 static void add_contribution(const LofiFrameTier *tier, const int64_t cls, const float value,
                              float *LOFI_RESTRICT ahead) {
@@ -572,6 +684,26 @@ static void add_contribution(const LofiFrameTier *tier, const int64_t cls, const
             ahead[i] += part + tier->offset[i];
         }
     }
+}
+
+/* A mu-law class from `logits` [V]: their argmax, or with a uniform `u` an inverse-CDF draw
+ * (temperature, top_p). A lookback model (`logits` = act @ W without the bias) first mixes the
+ * copy head in and then adds `offsets` (T * Gumbel noise, or zeros), which other models have
+ * already added to their logits. */
+static int64_t draw_frame_class(const LofiFrameTier *tier, const LofiRecall *look, float *logits,
+                                const float *act, const float *copy, const float *offsets,
+                                const float *u, const float temperature, const float top_p,
+                                float *mixed, float *probs, Ranked *ranked) {
+    const int V = tier->n_out;
+    float *scores = logits;
+    if (tier->recall) {
+        copy_mix(tier, look, logits, act, copy, mixed);
+        scores = mixed;
+    }
+    if (u) return draw_class(scores, V, temperature, top_p, *u, probs, ranked);
+    if (offsets)
+        for (int v = 0; v < V; v++) scores[v] += offsets[v];
+    return argmax(scores, V);
 }
 
 /* Generate `frames` frames of k samples for each of `batch` streams: the frame LSTM `net`
@@ -589,16 +721,21 @@ static void add_contribution(const LofiFrameTier *tier, const int64_t cls, const
  *   draws[t * batch + b] with logits = act @ W + out_bias.
  * regression: tanh(act . w + bias), plus draws[t * batch + b] clamped to [-1, 1] unless draws
  *   is NULL (greedy).
+ * look: a lookback model's hop (tier->recall > 0; NULL otherwise): each frame j recalls at
+ *   sample end + j k of the signal, the frame LSTM reads [frame values, recall] and the
+ *   upsampling [h, recall], the copy head mixes each draw (offsets without the output bias),
+ *   and every drawn sample's value is written into the signal.
  * Outputs [batch, frames * k]: classes (mu-law) or float samples (regression). */
 LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const int32_t batch,
                          const int32_t frames, float *h, float *c, const int64_t *context_class,
                          const float *context_value, const float *cond, const int64_t cond_b,
                          const int64_t cond_t, const float *offsets, const int64_t off_t,
                          const int64_t off_b, const float *draws, const int32_t nucleus,
-                         const float temperature, const float top_p, int64_t *out_class,
-                         float *out_value) {
+                         const float temperature, const float top_p, const LofiRecall *look,
+                         int64_t *out_class, float *out_value) {
     const int L = net->layers, H = net->hidden, B = batch, K = tier->frame_size;
     const int M = tier->width, V = tier->n_out, VP = tier->n_pad, NU = tier->n_up;
+    const int R = tier->recall, NI = K + R; /* the frame LSTM's input width */
     const int mulaw = tier->table != NULL;
     if (B < 1 || frames < 0 || L < 1 || K < 1 || M < 1) return LOFI_BAD_ARGS;
     if (frames == 0) return LOFI_OK;
@@ -607,21 +744,26 @@ LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const i
         (mulaw && !nucleus && !offsets) ||
         (mulaw && nucleus && (!draws || !(temperature > 0.0f))))
         return LOFI_BAD_ARGS;
+    const int64_t steps = (int64_t)frames * K;
+    if (R && (R != LOFI_RECALL + 2 || !mulaw || K > LOFI_RECALL || !tier->gate_weight ||
+              !tier->levels || !valid_recall(look, B, steps)))
+        return LOFI_BAD_ARGS;
     if (mulaw)
         for (size_t i = 0; i < (size_t)B * K; i++)
             if (context_class[i] < 0 || context_class[i] >= V) return LOFI_BAD_ARGS;
-    const int64_t steps = (int64_t)frames * K;
     const size_t span = (size_t)3 * K * M; /* per stream: positions [-k, 2k) around the frame */
     float *gates = malloc(sizeof(float) * (size_t)B * net->n_gates);
-    float *x = malloc(sizeof(float) * (size_t)B * K);
+    float *x = malloc(sizeof(float) * (size_t)B * NI);
     float *up = malloc(sizeof(float) * (size_t)B * NU);
     float *buf = calloc((size_t)B * span, sizeof(float));
     float *act = malloc(sizeof(float) * (size_t)B * M);
     float *logits = malloc(sizeof(float) * (size_t)B * VP);
     float *probs = malloc(sizeof(float) * (size_t)V);
     Ranked *ranked = malloc(sizeof(Ranked) * (size_t)V);
+    float *copies = malloc(sizeof(float) * (size_t)B * K * V); /* lookback: [B, k, V] */
+    float *mixed = malloc(sizeof(float) * (size_t)V);
     int status = LOFI_OK;
-    if (!gates || !x || !up || !buf || !act || !logits || !probs || !ranked) {
+    if (!gates || !x || !up || !buf || !act || !logits || !probs || !ranked || !copies || !mixed) {
         status = LOFI_NO_MEMORY;
         goto done;
     }
@@ -637,14 +779,22 @@ LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const i
             for (int i = 0; i < K; i++) {
                 const size_t at = (size_t)b * steps + (size_t)(j - 1) * K + i;
                 const size_t ctx = (size_t)b * K + i;
+                float *xi = x + (size_t)b * NI + i;
                 if (mulaw)
-                    x[ctx] = tier->frame_values[j ? out_class[at] : context_class[ctx]];
+                    *xi = tier->frame_values[j ? out_class[at] : context_class[ctx]];
                 else
-                    x[ctx] = j ? out_value[at] : context_value[ctx];
+                    *xi = j ? out_value[at] : context_value[ctx];
             }
-        frame_lstm_step(net, B, K, x, cond ? cond + j * cond_t : NULL, cond_b, h, c, gates);
+        for (int b = 0; R && b < B; b++) { /* then the recall, and the copies it offers */
+            float *rb = x + (size_t)b * NI + K;
+            recall_frame(look, b, look->end + (int64_t)j * K, rb);
+            for (int p = 0; p < K; p++)
+                copy_logprobs(tier, rb[p], copies + ((size_t)b * K + p) * V);
+        }
+        frame_lstm_step(net, B, NI, x, cond ? cond + j * cond_t : NULL, cond_b, h, c, gates);
         memset(up, 0, sizeof(float) * (size_t)B * NU);
-        matmul_acc(B, top_h, H, tier->upsample, H, 0, H, up, NU, NU);
+        matmul_acc(B, top_h, H, tier->upsample, H + R, 0, H, up, NU, NU);
+        if (R) matmul_acc(B, x + K, NI, tier->upsample, H + R, H, R, up, NU, NU);
         for (int b = 0; b < B; b++) {
             float *pre = buf + (size_t)b * span + (size_t)K * M;
             const float *ub = up + (size_t)b * NU;
@@ -662,10 +812,11 @@ LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const i
                 for (int m = 0; m < M; m++) ab[m] = pre[m] > 0.0f ? pre[m] : 0.0f;
             }
             if (mulaw) {
-                for (int b = 0; b < B; b++) {
-                    const float *src =
-                        nucleus ? tier->out_bias : offsets + t * off_t + (int64_t)b * off_b;
-                    memcpy(logits + (size_t)b * VP, src, sizeof(float) * V);
+                for (int b = 0; b < B; b++) { /* the bias goes in here, or in the copy mix */
+                    float *lb = logits + (size_t)b * VP;
+                    if (R) memset(lb, 0, sizeof(float) * V);
+                    else memcpy(lb, nucleus ? tier->out_bias : offsets + t * off_t + b * off_b,
+                                sizeof(float) * V);
                 }
                 matmul_acc(B, act, M, tier->out_weight, M, 0, M, logits, VP, VP);
             }
@@ -673,11 +824,14 @@ LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const i
                 int64_t cls = 0;
                 float value = 0.0f;
                 if (mulaw) {
-                    const float *lb = logits + (size_t)b * VP;
-                    cls = nucleus ? draw_class(lb, V, temperature, top_p, draws[t * B + b], probs,
-                                               ranked)
-                                  : argmax(lb, V);
+                    const float *offset = nucleus || !R ? NULL : offsets + t * off_t + b * off_b;
+                    cls = draw_frame_class(tier, look, logits + (size_t)b * VP, act + (size_t)b * M,
+                                           copies + ((size_t)b * K + p) * V, offset,
+                                           nucleus ? draws + t * B + b : NULL, temperature, top_p,
+                                           mixed, probs, ranked);
                     out_class[(size_t)b * steps + t] = cls;
+                    if (R) look->signal[(size_t)b * look->stride + look->end + t] =
+                        tier->frame_values[cls];
                 } else {
                     const float *ab = act + (size_t)b * M;
                     float dot = 0.0f;
@@ -708,5 +862,7 @@ done:
     free(logits);
     free(probs);
     free(ranked);
+    free(copies);
+    free(mixed);
     return status;
 }
