@@ -343,6 +343,7 @@ def test_the_loop_knob_plays_a_lookback_take_and_no_other(runs) -> None:
         (session,) = server.live.sessions.values()
         assert session.player._take.stream.sampling == Sampling(0.9, loop=0.5)
         at = reply["position"]
+        listener.replaced(number, at, reply["rev"], frame)  # the frames the change re-sent
         served = listener.samples(number, at + frame)
         stream = Stream(
             load_module(ckpts["lookback"]),

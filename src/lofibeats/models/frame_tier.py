@@ -106,7 +106,7 @@ class FoldedCopy:
     def __init__(self, copy: CopyHead, out_bias: np.ndarray, offset: int, k: int) -> None:
         self.gate_weight = _np(copy.gate.weight[0])
         self.gate_bias = float(copy.gate.bias.detach())
-        self.width = float(copy.log_width.exp())
+        self.width = float(copy.log_width.detach().exp())
         self.levels = _np(copy.levels)
         self.bias, self.offset, self.k = out_bias, offset, k
 
