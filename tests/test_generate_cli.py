@@ -197,3 +197,26 @@ def test_cli_subprocess_end_to_end(ckpt: Path, tmp_path: Path) -> None:
     assert sf.info(wav).frames == 400 and sf.info(wav).samplerate == SR
     assert (wav.parent / "take_00.png").is_file()
     assert "take_00" in result.stdout
+
+
+def test_sampling_loop_runs_a_lookback_model_and_is_refused_without_one(
+    make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path, capsys
+) -> None:
+    lookback = save_tiny_checkpoint(
+        tmp_path / "lookback.ckpt",
+        frame_size=4,
+        sample_hidden=16,
+        lookback=128,
+        lookback_min=32,
+        lookback_window=16,
+        lookback_hop=8,
+    )
+    takes, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none", "sampling=loop")
+    assert len(takes) == 2
+    audio, _ = sf.read(out_dir / "take_00.wav")
+    assert np.abs(audio).max() > 0
+    assert "tip:" not in capsys.readouterr().err
+    _generate(make_cfg, f"ckpt={lookback}", "prime=none")  # loop 0: the model as trained
+    assert "tip: this model has a lookback: sampling=loop" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="loop=0.95: only a model with a lookback"):
+        _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "sampling=loop")

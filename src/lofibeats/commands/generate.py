@@ -33,6 +33,7 @@ from lofibeats.generation.prime import pad_to_context, read_prime
 from lofibeats.generation.style import style_path
 from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.base import LofiModule
+from lofibeats.models.decoding import has_lookback
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.validate import number, optional_number
 
@@ -92,6 +93,11 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
             f"({module.context_len / sr:.2f} s): padded with silence at the start"
         )
     prime = None if primes is None else torch.from_numpy(pad_to_context(primes, module.context_len))
+    if has_lookback(module.net) and not sampling.looping:
+        notes.print(
+            "tip: this model has a lookback: sampling=loop (loop 0.95, temperature 0.1) carries "
+            "the prime's beat and harmonics on; loop=0 plays the model as trained"
+        )
 
     n_samples = max(1, round(seconds * sr))
     options.update(latent_options(cfg, module, prime, n, n_samples, seed, options))

@@ -46,7 +46,12 @@ from lofibeats.generation.fused import fuse_frame_lstm, fuse_head, fuse_lstm
 from lofibeats.generation.kernel import load_kernel
 from lofibeats.generation.reference import ReferenceBackend
 from lofibeats.models.base import LofiModule
-from lofibeats.models.decoding import AutoregressiveNet, DecoderWeights, DecodeStart
+from lofibeats.models.decoding import (
+    AutoregressiveNet,
+    DecoderWeights,
+    DecodeStart,
+    has_lookback,
+)
 from lofibeats.models.frame_tier import FrameSampler
 from lofibeats.models.networks import LSTMState
 from lofibeats.models.sampling import DEFAULT_SAMPLING, Sampling
@@ -267,11 +272,9 @@ class Continuation:
         self.net, self.context_len = module.net, module.context_len
         self.device = module.device
         self.backend: Backend | None = None
-        self.recalls = False  # whether the model has a lookback (`loop` needs one)
+        self.recalls = has_lookback(self.net)  # `loop` needs a lookback
         if isinstance(self.net, AutoregressiveNet):
-            weights = self.net.decoder_weights()
-            self.backend = backend_for(weights, engine, self.device)
-            self.recalls = weights.lookback is not None
+            self.backend = backend_for(self.net.decoder_weights(), engine, self.device)
         elif engine == "fused":
             raise ConfigError(
                 f"engine=fused: the {module.family} model has no fused engine; "

@@ -31,7 +31,7 @@ from lofibeats.errors import ConfigError
 from lofibeats.generation.engine import Continuation, encoder_for
 from lofibeats.generation.style import StyleChange, StylePath
 from lofibeats.models.base import LofiModule
-from lofibeats.models.decoding import AutoregressiveNet, DecodeStart
+from lofibeats.models.decoding import AutoregressiveNet, DecodeStart, has_lookback
 from lofibeats.models.sampling import DEFAULT_SAMPLING, Sampling
 from lofibeats.validate import choice
 
@@ -91,8 +91,7 @@ def resolve_carry(carry: str, module: LofiModule, data_mode: str | None) -> str:
         return carry
     if not isinstance(module.net, AutoregressiveNet):
         return "window"
-    lookback = module.net.decoder_weights().lookback is not None
-    return "state" if data_mode == "stream" or lookback else "window"
+    return "state" if data_mode == "stream" or has_lookback(module.net) else "window"
 
 
 class Stream:

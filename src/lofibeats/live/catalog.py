@@ -32,7 +32,7 @@ from lofibeats.generation.prime import data_config_for
 from lofibeats.generation.style import clip_latent
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
-from lofibeats.models.decoding import AutoregressiveNet
+from lofibeats.models.decoding import has_lookback
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
 CLIP_SECONDS = 4.0  # a val clip as a style target: the first seconds of a val source
@@ -163,8 +163,7 @@ class LoadedModel:
     @property
     def lookback(self) -> bool:
         """Whether this model recalls where the music last repeated (the loop knob)."""
-        net = self.module.net
-        return isinstance(net, AutoregressiveNet) and net.decoder_weights().lookback is not None
+        return has_lookback(self.module.net)
 
     def _datamodule(self) -> LofiDataModule:
         """The val data (prepared on first use, as generate.py does); DataError if none."""

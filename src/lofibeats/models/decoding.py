@@ -128,6 +128,12 @@ class AutoregressiveNet(Protocol):
         ...
 
 
+def has_lookback(net: object) -> bool:
+    """Whether `net` decodes with a lookback: it takes `Sampling.loop`, and streams carry its
+    state by default."""
+    return isinstance(net, AutoregressiveNet) and net.decoder_weights().lookback is not None
+
+
 @runtime_checkable
 class OnePassNet(Protocol):
     """A family that continues audio without a decode loop (the GAN's generator)."""
