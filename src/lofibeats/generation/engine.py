@@ -209,12 +209,10 @@ class FusedFrameBackend:
         frames, then what the kernel writes) and the searches as `LookbackReader` has them."""
         lookback, k = self.lookback, self.k
         assert lookback is not None and start.past is not None
-        past, _ = lookback.padded(start.past.flatten(1).to(torch.float32), start.past.shape[1] * k)
-        signal = past.new_zeros(past.shape[0], past.shape[1] + frames * k)
-        signal[:, : past.shape[1]] = past
+        signal, begin = lookback.decode_signal(start.past, frames)
         state, context, pieces = start.state, start.context, [start.context[:, :0]]
         for first in range(0, frames, lookback.hop_frames):
-            count, end = min(lookback.hop_frames, frames - first), past.shape[1] + first * k
+            count, end = min(lookback.hop_frames, frames - first), begin + first * k
             lags, scores = lookback.search(signal[:, end - lookback.span : end])
             window = slice(first * k, (first + count) * k)
             tokens, state = self.impl.generate(

@@ -128,6 +128,16 @@ class Lookback:
         at = torch.arange(first, frames, device=values.device) * k + shift
         return self.recall_at(signal, at, lags, scores)
 
+    def decode_signal(self, history: torch.Tensor, frames: int) -> tuple[torch.Tensor, int]:
+        """The samples a decode of `frames` frames after past frames `history` [B, H, k] reads
+        and writes: the past, padded as `recall` pads it, then room for the new frames
+        -> (signal [B, S], where the first new sample goes)."""
+        k = self.frame_size
+        past, _ = self.padded(history.flatten(1).to(torch.float32), history.shape[1] * k)
+        signal = past.new_zeros(past.shape[0], past.shape[1] + frames * k)
+        signal[:, : past.shape[1]] = past
+        return signal, past.shape[1]
+
     def reader(self, history: torch.Tensor, frames: int) -> LookbackReader:
         """A reader over past frames `history` [B, H, k] (at least `history_frames` of them
         for the exact recall of training), room for `frames` more."""
@@ -141,11 +151,8 @@ class LookbackReader:
 
     def __init__(self, lookback: Lookback, history: torch.Tensor, frames: int) -> None:
         self.lookback = lookback
-        k = lookback.frame_size
-        past, shift = lookback.padded(history.flatten(1), history.shape[1] * k)
-        self.signal = past.new_zeros(past.shape[0], past.shape[1] + frames * k)
-        self.signal[:, : past.shape[1]] = past
-        self.end, self.reads = past.shape[1], 0
+        self.signal, self.end = lookback.decode_signal(history, frames)
+        self.reads = 0
         self.lags = self.scores = None
 
     def push(self, frame: torch.Tensor) -> None:
