@@ -115,8 +115,12 @@ class Listener:
         raise AssertionError(f"no {kind} {fields} within {timeout} s; got {self.messages[-5:]}")
 
     def samples(self, take: int, n: int, timeout: float = 10.0, report: bool = True) -> np.ndarray:
-        """Read until take `take` has `n` samples, reporting them played as they come."""
+        """Read until take `take` has `n` samples, reporting them played as they come (and
+        first what it already holds: frames read by `expect` went unreported, and a server
+        that is `ahead_seconds` ahead of the last report waits for one)."""
         deadline = time.monotonic() + timeout
+        if report and len(self.audio.get(take, ())) < n and take in self.audio:
+            self.send(type="played", take=take, position=len(self.audio[take]))
         while len(self.audio.get(take, ())) < n:
             assert time.monotonic() < deadline, (
                 f"take {take}: {len(self.audio.get(take, ()))} < {n}"
