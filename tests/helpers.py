@@ -56,6 +56,11 @@ def compose_config(
 # --------------------------------------------------------------------------- rates
 SR = 8000  # the tiny models' rate (and their test audio's)
 RAW_SR = 22050  # the rate prepare's test files are written at (so prepare resamples them)
+# the tiny frame model with a lookback (frames of 4, lags 32..96 samples, a search every 2 frames)
+LOOKBACK = dict(
+    sr=SR, prev_len_max=96, next_len=32, hidden=16, layers=2, embed_dim=8, frame_size=4,
+    sample_hidden=16, lookback=96, lookback_min=32, lookback_window=16, lookback_hop=8,
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- audio

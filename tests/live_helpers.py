@@ -22,7 +22,7 @@ from lofibeats.models.gan import GanModule
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
-from helpers import compose_config
+from helpers import LOOKBACK, compose_config
 
 SR = 8000
 SMALL = dict(sr=SR, prev_len_max=128, next_len=64, hidden=16, layers=1, embed_dim=8)
@@ -92,6 +92,15 @@ def make_runs(root: Path) -> dict[str, Path]:
         bits = None if kind == "gan" else 7.25 + i / 4
         runs[kind] = write_run(outputs, f"2026-01-01/00-00-0{i}_{kind}", build(), data, bits)
     return runs
+
+
+def lookback_run(root: Path, like: Path) -> Path:
+    """A run of the tiny frame model with a lookback (`helpers.LOOKBACK`) under `root/outputs`,
+    on the data of the run `like`."""
+    data = torch.load(like)["datamodule_hyper_parameters"]
+    torch.manual_seed(0)
+    module = Seq2SeqModule(**LOOKBACK)
+    return write_run(root / "outputs", "2026-01-01/00-00-09_lookback", module, data)
 
 
 def settings(root: Path, **changes) -> LiveSettings:

@@ -29,10 +29,8 @@ from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
-LOOKBACK = dict(
-    sr=8000, prev_len_max=96, next_len=32, hidden=16, layers=2, embed_dim=8, frame_size=4,
-    sample_hidden=16, lookback=96, lookback_min=32, lookback_window=16, lookback_hop=8,
-)  # fmt: skip
+from helpers import LOOKBACK
+
 N = 301  # 76 frames of 4 (the last one cut), 38 hops of 2 frames
 SAMPLINGS = {
     "greedy": Sampling(decoding="greedy"),

@@ -18,8 +18,9 @@ from omegaconf import DictConfig
 from lofibeats.commands.generate import generate
 from lofibeats.commands.inference import load_for_inference, val_datamodule
 from lofibeats.errors import ConfigError, DataError
+from lofibeats.models.seq2seq import Seq2SeqModule
 
-from helpers import REPO, SR, save_tiny_checkpoint, sine, write_tracks
+from helpers import LOOKBACK, REPO, SR, save_checkpoint, save_tiny_checkpoint, sine, write_tracks
 
 
 def _generate(make_cfg: Callable[..., DictConfig], *overrides: str) -> tuple[list[dict], Path]:
@@ -202,15 +203,7 @@ def test_cli_subprocess_end_to_end(ckpt: Path, tmp_path: Path) -> None:
 def test_sampling_loop_runs_a_lookback_model_and_is_refused_without_one(
     make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path, capsys
 ) -> None:
-    lookback = save_tiny_checkpoint(
-        tmp_path / "lookback.ckpt",
-        frame_size=4,
-        sample_hidden=16,
-        lookback=128,
-        lookback_min=32,
-        lookback_window=16,
-        lookback_hop=8,
-    )
+    lookback = save_checkpoint(tmp_path / "lookback.ckpt", Seq2SeqModule(**LOOKBACK))
     takes, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none", "sampling=loop")
     assert len(takes) == 2
     audio, _ = sf.read(out_dir / "take_00.wav")

@@ -18,13 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from live_helpers import SR, make_runs, settings, shelf, write_run
-from test_lookback import LOOKBACK
+from live_helpers import SR, lookback_run, make_runs, settings, shelf
 
 from lofibeats.generation.stream import Stream
 from lofibeats.live.harness import ServerThread, chromium, chromium_missing
-from lofibeats.models.seq2seq import Seq2SeqModule
 
 MISSING = chromium_missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"no headless browser: {MISSING}")
@@ -41,11 +38,7 @@ return {first: l.firstAudioMs, played: s.samplesPlayed || 0, underruns: l.underr
 def runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("live-browser")
     ckpts = make_runs(root)
-    data = torch.load(ckpts["seq2seq"])["datamodule_hyper_parameters"]
-    torch.manual_seed(0)  # tests/test_lookback.py's frame model with a lookback
-    lookback = write_run(
-        root / "outputs", "2026-01-01/00-00-09_lookback", Seq2SeqModule(**LOOKBACK), data
-    )
+    lookback = lookback_run(root, ckpts["seq2seq"])
     return root, {**ckpts, "lookback": lookback}
 
 

@@ -20,8 +20,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from live_helpers import SR, make_runs, settings, shelf, write_run
-from test_lookback import LOOKBACK
+from live_helpers import SR, lookback_run, make_runs, settings, shelf
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
@@ -32,7 +31,6 @@ from lofibeats.live.player import THREAD_PREFIX
 from lofibeats.live.protocol import HEADER, ProtocolError, check_knobs, pack_frame, unpack_frame
 from lofibeats.models.checkpoint import load_module
 from lofibeats.models.sampling import Sampling
-from lofibeats.models.seq2seq import Seq2SeqModule
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +38,6 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     root = tmp_path_factory.mktemp("live")
     ckpts = make_runs(root)
     return root, {**ckpts, "lookback": lookback_run(root, ckpts["seq2seq"])}
-
-
-def lookback_run(root: Path, like: Path) -> Path:
-    """A run of tests/test_lookback.py's frame model with a lookback, on the data of `like`."""
-    data = torch.load(like)["datamodule_hyper_parameters"]
-    torch.manual_seed(0)
-    module = Seq2SeqModule(**LOOKBACK)
-    return write_run(root / "outputs", "2026-01-01/00-00-09_lookback", module, data)
 
 
 def serve(runs, **changes) -> ServerThread:

@@ -18,23 +18,7 @@ from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
-from helpers import save_checkpoint, tiny_trainer
-
-SR = 8000
-LOOKBACK = dict(
-    sr=SR,
-    prev_len_max=96,
-    next_len=32,
-    hidden=16,
-    layers=2,
-    embed_dim=8,
-    frame_size=4,
-    sample_hidden=16,
-    lookback=96,
-    lookback_min=32,
-    lookback_window=16,
-    lookback_hop=8,
-)
+from helpers import LOOKBACK, save_checkpoint, tiny_trainer
 
 
 def build(kind: str = "seq2seq", **overrides):
