@@ -141,6 +141,10 @@ def test_engine_fused_runs_a_lookback_model_in_the_c_kernel() -> None:
         ({"lookback_min": 96}, "less than model.lookback"),
         ({"lookback": "1s"}, "model.lookback='1s' \\(8000 samples\\)"),
         ({"lookback_hop": 6}, "model.lookback_hop=6 \\(6 samples\\): use a multiple"),
+        (
+            {"frame_size": 64, "next_len": 64, "lookback_min": 64, "lookback_hop": 64},
+            "model.frame_size=64: a frame copies from the 32 samples",
+        ),
         ({"lookback_window": "0s"}, "model.lookback_window='0s'"),
     ],
 )

@@ -175,6 +175,11 @@ def _lookback(
         raise ConfigError(
             "model.lookback needs a frame model: set model.frame_size (e.g. 16) or model.lookback=0"
         )
+    if frame_size > RECALL_SAMPLES:
+        raise ConfigError(
+            f"model.lookback with model.frame_size={frame_size}: a frame copies from the "
+            f"{RECALL_SAMPLES} samples it recalls; use a frame size of at most {RECALL_SAMPLES}"
+        )
     if values["head"] != "mulaw":
         raise ConfigError(
             f"model.lookback needs model.head=mulaw (it copies classes), not {values['head']!r}"
