@@ -48,6 +48,7 @@ from lofibeats.data.prepare import ensure_prepared
 from lofibeats.data.shards import ShardStore, Spans
 from lofibeats.data.windows import ValWindows, collate_pairs
 from lofibeats.errors import ConfigError, DataError
+from lofibeats.generation.engine import check_sampling
 from lofibeats.generation.longform import generate_long
 from lofibeats.metrics.context_nll import context_nll
 from lofibeats.metrics.frechet import frechet_logmel
@@ -235,6 +236,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     context_windows = number(cfg.get("context_windows", 8), "context_windows", kind=int, low=0)
     progress = bool(cfg.get("progress", True))
     module, ckpt, data_cfg = load_for_inference(cfg)
+    check_sampling(module.net, sampling)
     options = longform_options(cfg)
     check_latent_keys(cfg, module)
     creativity = creativity_from(cfg)

@@ -27,7 +27,7 @@ from lofibeats.commands.inference import (
     val_datamodule,
 )
 from lofibeats.errors import ConfigError
-from lofibeats.generation.engine import describe
+from lofibeats.generation.engine import check_sampling, describe
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.prime import pad_to_context, read_prime
 from lofibeats.generation.style import style_path
@@ -82,6 +82,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     sampling = sampling_from(cfg)
     seed = number(cfg.get("seed"), "seed", kind=int)
     module, ckpt, data_cfg = load_for_inference(cfg)
+    check_sampling(module.net, sampling)
     sr = module.sample_rate
     options = longform_options(cfg)
     check_latent_keys(cfg, module)

@@ -261,6 +261,17 @@ def backend_for(weights: DecoderWeights, engine: str, device: torch.device) -> B
     return ReferenceBackend(weights) if lib is None else FusedFrameBackend(weights, lib)
 
 
+def check_sampling(net: object, sampling: Sampling) -> Sampling:
+    """`sampling`, or a ConfigError where it asks `net` for what it cannot do (`loop` without
+    a lookback), so commands can refuse before they start."""
+    if sampling.looping and not has_lookback(net):
+        raise ConfigError(
+            f"loop={sampling.loop}: only a model with a lookback can loop what it recalls "
+            "(train one with model.lookback, e.g. experiment=music_16k); use loop=0"
+        )
+    return sampling
+
+
 class Continuation:
     """Continue audio with `module`'s network through the backend `engine` picks; built once per
     take (fused backends copy the weights), called chunk after chunk."""
@@ -270,7 +281,6 @@ class Continuation:
         self.net, self.context_len = module.net, module.context_len
         self.device = module.device
         self.backend: Backend | None = None
-        self.recalls = has_lookback(self.net)  # `loop` needs a lookback
         if isinstance(self.net, AutoregressiveNet):
             self.backend = backend_for(self.net.decoder_weights(), engine, self.device)
         elif engine == "fused":
@@ -285,14 +295,8 @@ class Continuation:
         return "reference" if self.backend is None else self.backend.name
 
     def check(self, sampling: Sampling) -> Sampling:
-        """`sampling`, or a ConfigError where it asks for what this model cannot do (`loop`
-        without a lookback)."""
-        if sampling.looping and not self.recalls:
-            raise ConfigError(
-                f"loop={sampling.loop}: only a model with a lookback can loop what it recalls "
-                "(train one with model.lookback, e.g. experiment=music_16k); use loop=0"
-            )
-        return sampling
+        """`sampling`, or a ConfigError where it asks for what this model cannot do."""
+        return check_sampling(self.net, sampling)
 
     @torch.no_grad()
     def __call__(
