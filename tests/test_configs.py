@@ -9,9 +9,11 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lofibeats.errors import ConfigError
 from lofibeats.models.sampling import Sampling
+from lofibeats.models.seq2seq import Seq2SeqModule
 
-from helpers import CONF
+from helpers import CONF, LOOKBACK, TINY
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 TRAINERS = sorted(p.stem for p in (CONF / "trainer").glob("*.yaml"))
@@ -133,8 +135,26 @@ def test_inference_knobs_are_top_level_keys_shared_by_generate_and_eval(
 def test_train_samples_decode_with_the_top_level_knobs(make_cfg) -> None:
     cfg = make_cfg("train", ["temperature=0.7", "top_p=0.9", "decoding=greedy"])
     callbacks = {name: instantiate(node) for name, node in cfg.callbacks.items()}
-    assert callbacks["audio_samples"].sampling == Sampling(0.7, 0.9, "greedy")
+    plain = Seq2SeqModule(**TINY)
+    assert callbacks["audio_samples"].sampling_for(plain) == Sampling(0.7, 0.9, "greedy")
     assert callbacks["latent_samples"].n == 4  # vseq2seq's z samples (a no-op for others)
+
+
+def test_auto_sampling_loops_a_lookback_model_and_samples_the_others(make_cfg) -> None:
+    """The default knobs are "auto": what measured best for the model at hand (README)."""
+    cfg = make_cfg("train")
+    assert (cfg.temperature, cfg.loop) == ("auto", "auto")
+    samples = instantiate(cfg.callbacks.audio_samples)
+    assert samples.sampling_for(Seq2SeqModule(**TINY)) == Sampling(0.9, None, "sample", 0.0)
+    looped = Sampling(0.1, None, "sample", 0.95)
+    assert samples.sampling_for(Seq2SeqModule(**LOOKBACK)) == looped
+    # loop=0 on a lookback model: the model as trained, at the plain temperature
+    assert Sampling.parse("auto", loop=0, lookback=True) == Sampling(0.9, None, "sample", 0.0)
+    # an explicit loop keeps the looping temperature; an explicit temperature is kept
+    assert Sampling.parse("auto", loop=0.5, lookback=True).temperature == 0.1
+    assert Sampling.parse(0.7, loop="auto", lookback=True) == Sampling(0.7, None, "sample", 0.95)
+    with pytest.raises(ConfigError, match=r"^temperature='hot': give a number >= 0, or auto$"):
+        Sampling.parse("hot")
 
 
 @pytest.mark.parametrize("command", ["train", "prepare", "generate", "eval"])

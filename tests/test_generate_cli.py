@@ -200,16 +200,23 @@ def test_cli_subprocess_end_to_end(ckpt: Path, tmp_path: Path) -> None:
     assert "take_00" in result.stdout
 
 
-def test_sampling_loop_runs_a_lookback_model_and_is_refused_without_one(
+def test_a_lookback_model_loops_by_default_and_sampling_loop_is_refused_without_one(
     make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path, capsys
 ) -> None:
     lookback = save_checkpoint(tmp_path / "lookback.ckpt", Seq2SeqModule(**LOOKBACK))
     takes, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none", "sampling=loop")
     assert len(takes) == 2
-    audio, _ = sf.read(out_dir / "take_00.wav")
-    assert np.abs(audio).max() > 0
-    assert "tip:" not in capsys.readouterr().err
-    _generate(make_cfg, f"ckpt={lookback}", "prime=none")  # loop 0: the model as trained
-    assert "tip: this model has a lookback: sampling=loop" in capsys.readouterr().err
+    looped, _ = sf.read(out_dir / "take_00.wav")
+    assert np.abs(looped).max() > 0
+    assert "note: loop=auto" not in capsys.readouterr().err
+    # the default knobs are auto: the same takes as sampling=loop, and a note says so
+    _, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none")
+    assert "note: loop=auto: this model has a lookback, so 0.95" in capsys.readouterr().err
+    np.testing.assert_array_equal(sf.read(out_dir / "take_00.wav")[0], looped)
+    _, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none", "loop=0")  # as trained
+    assert "note: loop=auto" not in capsys.readouterr().err
+    assert not np.array_equal(sf.read(out_dir / "take_00.wav")[0], looped)
+    _generate(make_cfg, f"ckpt={ckpt}", "prime=none")  # no lookback: auto does not loop
+    assert "note: loop=auto" not in capsys.readouterr().err
     with pytest.raises(ConfigError, match="loop=0.95: only a model with a lookback"):
         _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "sampling=loop")

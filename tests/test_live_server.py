@@ -316,6 +316,31 @@ def test_style_and_creativity_knobs_of_a_vseq2seq_take(runs, tmp_path: Path) -> 
         listener.close()
 
 
+def test_auto_knobs_loop_a_lookback_take_and_sample_the_others(runs) -> None:
+    """live.py's default knobs are "auto", resolved per take as generate.py does: a lookback
+    take starts looping (0.95 at temperature 0.1), a plain take samples at 0.9 without a note."""
+    root, ckpts = runs
+    changes = dict(prime="none", frame_ms=10, ahead_seconds=0.3, knob_lead_seconds=0.0)
+    live = settings(root, default_ckpt=ckpts["lookback"], **changes)
+    live = dataclasses.replace(live, knobs={"temperature": "auto", "top_p": None, "loop": "auto"})
+    with ServerThread(live, shelf()) as server:
+        listener = Listener(server)
+        listener.send(type="start")
+        take = listener.expect("take")
+        assert take["knobs"] == {"temperature": 0.1, "top_p": None, "loop": 0.95}
+        (session,) = server.live.sessions.values()
+        assert session.player._take.stream.sampling == Sampling(0.1, loop=0.95)
+        listener.samples(take["take"], take["frame"])
+        plain = ckpts["seq2seq"].relative_to(root / "outputs").as_posix()
+        listener.send(type="start", checkpoint=plain)
+        other = listener.expect("take", lookback=False)
+        assert other["knobs"] == {"temperature": 0.9, "top_p": None}
+        listener.samples(other["take"], other["frame"])
+        assert session.player._take.stream.sampling == Sampling(0.9)
+        assert not [m for m in listener.messages if m.get("type") == "note"]
+        listener.close()
+
+
 def test_the_loop_knob_plays_a_lookback_take_and_no_other(runs) -> None:
     """A lookback take starts from the command line's loop and offers the knob; a change is
     what a bare Stream makes with that loop set there. A model without a lookback offers none:

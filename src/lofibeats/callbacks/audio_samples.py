@@ -15,7 +15,9 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from lofibeats.audio.spectrogram import spectrogram_figure
+from lofibeats.generation.engine import check_sampling
 from lofibeats.generation.longform import generate_long
+from lofibeats.models.decoding import has_lookback
 from lofibeats.models.sampling import Sampling
 
 
@@ -23,8 +25,9 @@ class AudioSamples(pl.Callback):
     """Generate `seconds` after each of `n_primes` val primes; log audio + spectrogram; save wavs.
 
     `samples_dir` (the run's `samples/`) receives the latest takes as WAV files. `temperature`,
-    `top_p` and `decoding` are the decoding knobs (conf/callbacks interpolates the top-level
-    ones of conf/sampling, which generate.py and eval.py read too).
+    `top_p`, `decoding` and `loop` are the decoding knobs (conf/callbacks interpolates the
+    top-level ones of conf/sampling, which generate.py and eval.py read too); "auto" resolves
+    for the model being trained.
     """
 
     def __init__(
@@ -32,18 +35,18 @@ class AudioSamples(pl.Callback):
         n_primes: int = 2,
         prime_seconds: float = 1.0,
         seconds: float = 1.0,
-        temperature: float = 1.0,
+        temperature: float | str = 1.0,
         top_p: float | None = None,
         decoding: str = "sample",
+        loop: float | str = 0.0,
         seed: int = 0,
         samples_dir: str | Path | None = None,
     ):
         self.n_primes = n_primes
         self.prime_seconds = prime_seconds
         self.seconds = seconds
-        self.sampling = Sampling.parse(
-            temperature, top_p, decoding, prefix="callbacks.audio_samples."
-        )
+        self.knobs = (temperature, top_p, decoding, loop)
+        Sampling.parse(*self.knobs, prefix="callbacks.audio_samples.")  # bad values stop here
         self.seed = seed
         self.samples_dir = Path(samples_dir) if samples_dir else None
         self._primes: torch.Tensor | None = None
@@ -71,13 +74,20 @@ class AudioSamples(pl.Callback):
                 pl_module,
                 primes,
                 round(self.seconds * sr),
-                sampling=self.sampling,
+                sampling=self.sampling_for(pl_module),
                 seed=self.seed,
                 progress=False,
             )
         pl_module.train(was_training)
         takes = torch.cat([primes, continuation], dim=1).clamp(-1, 1).cpu().numpy()
         self._log(trainer, takes, sr, split_at=primes.shape[1] / sr)
+
+    def sampling_for(self, pl_module: pl.LightningModule) -> Sampling:
+        """The knobs for `pl_module`: "auto" loops a model with a lookback, as generate.py does."""
+        net = getattr(pl_module, "net", None)
+        prefix = "callbacks.audio_samples."
+        sampling = Sampling.parse(*self.knobs, prefix=prefix, lookback=has_lookback(net))
+        return check_sampling(net, sampling)
 
     def _log(self, trainer: pl.Trainer, takes: np.ndarray, sr: int, split_at: float) -> None:
         step = trainer.global_step

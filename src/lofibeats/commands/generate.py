@@ -34,6 +34,7 @@ from lofibeats.generation.style import style_path
 from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.base import LofiModule
 from lofibeats.models.decoding import has_lookback
+from lofibeats.models.sampling import is_auto
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.validate import number, optional_number
 
@@ -79,10 +80,10 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     console, notes = Console(), Console(stderr=True, soft_wrap=True)
     n = number(cfg.get("n"), "n", kind=int, low=1)
     seconds = number(cfg.get("seconds"), "seconds", low=0, low_open=True)
-    sampling = sampling_from(cfg)
+    sampling_from(cfg)  # a bad knob stops the command before the checkpoint loads
     seed = number(cfg.get("seed"), "seed", kind=int)
     module, ckpt, data_cfg = load_for_inference(cfg)
-    check_sampling(module.net, sampling)
+    sampling = check_sampling(module.net, sampling_from(cfg, module.net))
     sr = module.sample_rate
     options = longform_options(cfg)
     check_latent_keys(cfg, module)
@@ -94,10 +95,11 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
             f"({module.context_len / sr:.2f} s): padded with silence at the start"
         )
     prime = None if primes is None else torch.from_numpy(pad_to_context(primes, module.context_len))
-    if has_lookback(module.net) and not sampling.looping:
+    if has_lookback(module.net) and is_auto(cfg.get("loop")):
         notes.print(
-            "tip: this model has a lookback: sampling=loop (loop 0.95, temperature 0.1) carries "
-            "the prime's beat and harmonics on; loop=0 plays the model as trained"
+            f"note: loop=auto: this model has a lookback, so {sampling.loop:g} of each draw "
+            f"replays where its music repeats (temperature {sampling.temperature:g}); loop=0 "
+            "plays the model as trained"
         )
 
     n_samples = max(1, round(seconds * sr))

@@ -24,6 +24,7 @@ from lofibeats.generation.prime import data_config_for
 from lofibeats.generation.stream import resolve_carry
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
+from lofibeats.models.decoding import has_lookback
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.runs import resolve_checkpoint
@@ -79,10 +80,15 @@ def val_datamodule(module: LofiModule, data_cfg: Mapping[str, Any]) -> LofiDataM
     return datamodule
 
 
-def sampling_from(cfg: DictConfig) -> Sampling:
-    """The decoding knobs (top-level `temperature`, `top_p`, `decoding`, `loop`), checked."""
+def sampling_from(cfg: DictConfig, net: object = None) -> Sampling:
+    """The decoding knobs (top-level `temperature`, `top_p`, `decoding`, `loop`), checked, with
+    "auto" resolved for `net` (None: as for a model without a lookback)."""
     return Sampling.parse(
-        cfg.get("temperature"), cfg.get("top_p"), cfg.get("decoding"), cfg.get("loop")
+        cfg.get("temperature"),
+        cfg.get("top_p"),
+        cfg.get("decoding"),
+        cfg.get("loop"),
+        lookback=has_lookback(net),
     )
 
 

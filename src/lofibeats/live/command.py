@@ -19,7 +19,7 @@ from lofibeats.cli import quiet_third_party
 from lofibeats.errors import ConfigError
 from lofibeats.live.player import PlayerSettings
 from lofibeats.live.server import LiveSettings, bind, create_app, is_loopback, new_shelf
-from lofibeats.models.sampling import Sampling
+from lofibeats.models.sampling import AUTO, Sampling, is_auto
 from lofibeats.runs import resolve_checkpoint
 from lofibeats.validate import choice, number, optional_number
 
@@ -44,10 +44,11 @@ def settings_from(cfg: DictConfig) -> LiveSettings:
     sampling = Sampling.parse(
         cfg.get("temperature"), cfg.get("top_p"), cfg.get("decoding"), cfg.get("loop")
     )
+    # "auto" stays "auto" until a take knows its model (the player resolves it per take)
     knobs: dict[str, Any] = {
-        "temperature": sampling.temperature,
+        "temperature": AUTO if is_auto(cfg.get("temperature")) else sampling.temperature,
         "top_p": sampling.top_p,
-        "loop": sampling.loop,
+        "loop": AUTO if is_auto(cfg.get("loop")) else sampling.loop,
     }
     if cfg.get("creativity") is not None:
         knobs["creativity"] = number(cfg.creativity, "creativity", low=0.0)

@@ -36,7 +36,7 @@ from lofibeats.generation.style import style_path
 from lofibeats.live.catalog import CheckpointInfo, LoadedModel, ModelCache, Uploads
 from lofibeats.live.protocol import pack_frame
 from lofibeats.models.decoding import AutoregressiveNet
-from lofibeats.models.sampling import Sampling
+from lofibeats.models.sampling import Sampling, is_auto
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.models.vseq2seq_net import DEFAULT_CREATIVITY
 
@@ -278,7 +278,7 @@ class Player:
             except (LofiError, OSError) as exc:
                 notes.append(f"no val clip to start from ({exc}): starting from near-silence")
         loop = self._knobs.get("loop", 0.0)
-        if loop > 0 and not model.lookback:
+        if not is_auto(loop) and loop > 0 and not model.lookback:
             notes.append(
                 f"loop={loop:g}: the {module.family} model has no lookback, so it plays as "
                 "trained (the loop knob is for models trained with model.lookback)"
@@ -364,13 +364,14 @@ class Player:
         return state
 
     def _sampling(self, model: LoadedModel) -> Sampling:
-        """The knobs as a take of `model` decodes with them (loop only where it has a
-        lookback: the stream refuses it elsewhere)."""
+        """The knobs as a take of `model` decodes with them: "auto" resolved for it, and loop
+        only where it has a lookback (the stream refuses it elsewhere)."""
         return Sampling.parse(
             self._knobs.get("temperature", 1.0),
             self._knobs.get("top_p"),
             self.settings.decoding,
             self._knobs.get("loop", 0.0) if model.lookback else 0.0,
+            lookback=model.lookback,
         )
 
     @staticmethod
@@ -383,7 +384,8 @@ class Player:
                 refused[name] = (
                     f"{name}: only vseq2seq models have a latent z; this take is {family}"
                 )
-        if knobs.get("loop", 0.0) > 0 and not model.lookback:
+        loop = knobs.get("loop", 0.0)
+        if not is_auto(loop) and loop > 0 and not model.lookback:
             refused["loop"] = (
                 f"loop={knobs['loop']:g}: only a model with a lookback can loop what it "
                 f"recalls; this take's {family} model has none"

@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from lofibeats.errors import ConfigError
 from lofibeats.validate import choice, number
 
 DECODINGS = ("sample", "greedy")
+
+#: `temperature=auto` / `loop=auto`: what measured best for the model (README, "Does the generated
+#: audio sound like the music?"). A lookback model loops (0.95) at temperature 0.1, which keeps
+#: the copies' jitter from piling up into hiss; everything else samples at 0.9.
+AUTO = "auto"
+AUTO_LOOP = 0.95
+AUTO_TEMPERATURE = 0.9
+AUTO_LOOP_TEMPERATURE = 0.1
+
+
+def is_auto(value: Any) -> bool:
+    """Whether a knob's value is "auto" (resolved per model by `Sampling.parse`)."""
+    return isinstance(value, str) and value.strip().lower() == AUTO
 
 
 class Sampling(NamedTuple):
@@ -35,17 +49,34 @@ class Sampling(NamedTuple):
         decoding: Any = "sample",
         loop: Any = 0.0,
         prefix: str = "",
+        lookback: bool = False,
     ) -> Sampling:
         """Checked knobs; an error names `<prefix>temperature` etc. and what to give (None:
-        the default)."""
+        the default). "auto" resolves for the model: `loop` is `AUTO_LOOP` where it has a
+        `lookback`, else 0; `temperature` is `AUTO_LOOP_TEMPERATURE` where the take loops, else
+        `AUTO_TEMPERATURE`."""
+        if is_auto(loop):
+            loop_value = AUTO_LOOP if lookback else 0.0
+        else:
+            loop_value = 0.0 if loop is None else _auto_or_number(loop, f"{prefix}loop", high=1.0)
+        if is_auto(temperature):
+            temperature = AUTO_LOOP_TEMPERATURE if loop_value > 0 else AUTO_TEMPERATURE
         return cls(
-            temperature=number(temperature, f"{prefix}temperature", low=0.0),
+            temperature=_auto_or_number(temperature, f"{prefix}temperature"),
             top_p=None
             if top_p is None
             else number(top_p, f"{prefix}top_p", low=0.0, high=1.0, low_open=True),
             decoding=choice(decoding, DECODINGS, f"{prefix}decoding"),
-            loop=0.0 if loop is None else number(loop, f"{prefix}loop", low=0.0, high=1.0),
+            loop=loop_value,
         )
+
+
+def _auto_or_number(value: Any, key: str, high: float | None = None) -> float:
+    """A number >= 0 (and <= `high`); the error says "auto" is a choice too."""
+    try:
+        return number(value, key, low=0.0, high=high)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc}, or auto") from None
 
 
 #: plain sampling at temperature 1: what every `sampling=` argument defaults to
