@@ -1,6 +1,6 @@
 """Benchmark a long streamed take: real-time factor and memory minute by minute.
 
-    python benchmarks/stream.py [--minutes 10] [--sr 16000] [--threads 1]
+    python benchmarks/stream.py [--minutes 10] [--sr 16000] [--threads 1] [--models sample-level ...]
 
 Two models with random weights (speed does not depend on the weights), one stream each, read in
 0.5-s pieces as a player would:
@@ -15,7 +15,9 @@ Two models with random weights (speed does not depend on the weights), one strea
 For each, `carry=state` (the encoder's running state moves on over every new chunk: in the C
 kernel for the sample-level model, `engine.encoder_for`; the tiered model's top tier in torch),
 for the sample-level model also `state/torch` (the same stream with the torch encoder, what
-carry=state ran before the fused encoder), and `carry=window` (every chunk re-encodes the last
+carry=state ran before the fused encoder), `state/fp16` (carry=state with the fused decoder's and
+encoder's weights stored as float16, `fused.PRECISIONS`: half the bytes per step, float32 sums;
+its bare fused decode is printed too), and `carry=window` (every chunk re-encodes the last
 `context_len` samples). Printed per minute of audio: the real-time factor (audio seconds per
 wall second) and the process's resident memory; then minute N's cost per sample against minute
 1's (flat = 1.00) and the streamed rate against the baseline measured in the same run: the bare
@@ -32,6 +34,9 @@ from pathlib import Path
 
 import torch
 
+from lofibeats.generation.backend_c import CBackend, CEncoder
+from lofibeats.generation.fused import fuse_head, fuse_lstm
+from lofibeats.generation.kernel import load_kernel
 from lofibeats.generation.stream import Stream
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
@@ -68,11 +73,29 @@ def build(sr: int, config: dict) -> Seq2SeqModule:
     return Seq2SeqModule(sr=sr, next_len=1024, hidden=256, layers=2, **config).eval()
 
 
-def bare_decode_rate(module: Seq2SeqModule, seconds: float, engine: str = "auto") -> float:
-    """Samples/s of the stream's backend alone (the one `engine` picks), chunk after chunk from
-    one encoded state."""
+def at_precision(stream: Stream, precision: str) -> Stream:
+    """`stream` with its fused decoder and encoder rebuilt at weight `precision` (the engine
+    itself builds them at float32: `engine.FusedBackend` and `encoder_for` take no precision)."""
+    if precision == "float32":
+        return stream
+    lib, net = load_kernel(), stream.module.net
+    if lib is None or stream.encoder is None:
+        raise SystemExit(f"weights {precision}: needs the C kernel and a sample-level model")
+    weights, encoder = net.decoder_weights(), net.encoder_weights()
+    decoder = fuse_lstm(weights.decoder.lstm, weights.embed, weights.decoder.cond_dim, precision)
+    backend = stream.continuation.backend
+    backend.impl = CBackend(lib, decoder, fuse_head(weights.head, precision))
+    stream.encoder = CEncoder(lib, fuse_lstm(encoder.lstm, encoder.embed, precision=precision))
+    return stream
+
+
+def bare_decode_rate(
+    module: Seq2SeqModule, seconds: float, engine: str = "auto", precision: str = "float32"
+) -> float:
+    """Samples/s of the stream's backend alone (the one `engine` picks, its weights at
+    `precision`), chunk after chunk from one encoded state."""
     stream = Stream(module, torch.zeros(1, module.context_len), carry="state", engine=engine)
-    backend, net = stream.continuation.backend, module.net
+    backend, net = at_precision(stream, precision).continuation.backend, module.net
     start = net.start(stream.history, module.chunk_len)
     n, done = module.chunk_len, 0
     began = time.perf_counter()
@@ -85,12 +108,15 @@ def bare_decode_rate(module: Seq2SeqModule, seconds: float, engine: str = "auto"
 
 def minutes_of(module: Seq2SeqModule, carry: str, minutes: float) -> list[tuple[float, float]]:
     """(RTF, RSS MB) of each minute of one streamed take; carry "state/torch" is carry=state
-    with the family's torch encoder instead of the fused one."""
+    with the family's torch encoder instead of the fused one, "state/fp16" with the fused
+    decoder and encoder at float16 weights."""
     sr = module.sample_rate
     prime = 0.1 * torch.sin(torch.arange(module.context_len) * 0.05)[None]
     stream = Stream(module, prime, sampling=Sampling(0.9), carry=carry.split("/")[0])
     if carry == "state/torch":
         stream.encoder = None
+    if carry == "state/fp16":
+        at_precision(stream, "float16")
     piece, per_minute = round(READ_S * sr), round(60 * sr)
     rows = []
     for _ in range(max(1, round(minutes))):
@@ -106,10 +132,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="audio minutes per take")
     parser.add_argument("--sr", type=int, default=16000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=[n.split()[0] for n in MODELS],
+        default=None,
+        help="the models to run (default: all)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"python {' '.join(sys.argv)}  (threads {args.threads}, {args.sr} Hz)")
     for name, config in MODELS.items():
+        if args.models and name.split()[0] not in args.models:
+            continue
         module = build(args.sr, config)
         baseline = bare_decode_rate(module, seconds=5.0)
         engine = Stream(module, carry="state").engine
@@ -117,10 +152,15 @@ def main() -> None:
         if "lookback" in config:
             reference = bare_decode_rate(module, seconds=5.0, engine="reference")
             print(f"{name}: bare reference decode {reference / args.sr:.2f}x real time")
+        if not config:
+            half = bare_decode_rate(module, seconds=5.0, precision="float16")
+            print(f"{name}: bare {engine} decode, float16 weights {half / args.sr:.2f}x real time")
         print(
             f"{'carry':11} {'minute':>6} {'RTF':>7} {'RSS MB':>8} {'cost vs min 1':>14} {'vs baseline':>12}"
         )
-        carries = ("state", "window") if config else ("state", "state/torch", "window")
+        carries = (
+            ("state", "window") if config else ("state", "state/fp16", "state/torch", "window")
+        )
         for carry in carries:
             rows = minutes_of(module, carry, args.minutes)
             first = rows[0][0]

@@ -5,7 +5,9 @@ matrix is packed into panels (see `pack_panels`); the kernel then runs a whole c
 with the GIL released (ctypes drops it during foreign calls).
 `CBackend` runs sample-level seq2seq models, `CFrameBackend` a frame model's two-tier loop (with
 a lookback: one search hop per call, `Hop`) and `CEncoder` a sample-level encoder over tokens a
-stream has generated.
+stream has generated. Fused weights at precision "float16" (`fused.PRECISIONS`) are packed as
+half floats, which the kernel widens as it loads them (CBackend and CEncoder; frame models are
+float32 only).
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ def pad_last(x: torch.Tensor, n: int) -> torch.Tensor:
     return F.pad(x, (0, n - x.shape[-1])).contiguous()
 
 
-def pack_panels(w_t: torch.Tensor) -> torch.Tensor:
+def pack_panels(w_t: torch.Tensor, precision: str = "float32") -> torch.Tensor:
     """[K, N] -> [N_pad / PANEL, K, PANEL]: column panels, each K rows of PANEL contiguous
-    floats (padding columns are zero), the layout the kernel's register tiles stream."""
+    floats (padding columns are zero), the layout the kernel's register tiles stream; float16
+    (IEEE half, `w_t` already rounded: see `fused.rounded`) for precision "float16"."""
     k, n = w_t.shape
-    return pad_last(w_t, padded(n)).reshape(k, -1, PANEL).transpose(0, 1).contiguous()
+    panels = pad_last(w_t, padded(n)).reshape(k, -1, PANEL).transpose(0, 1)
+    return panels.to(getattr(torch, precision)).contiguous()
 
 
 def _ptr(x: torch.Tensor | None) -> int | None:
@@ -79,13 +83,14 @@ class _PackedLSTM:
     """A FusedLSTM in the kernel's layout, with the C struct that points into it."""
 
     def __init__(self, net: FusedLSTM) -> None:
+        half = net.precision == "float16"
         self.hidden, self.layers = net.hidden, net.layers
         self.n_gates = padded(4 * net.hidden)
         keep = [
             None if v is None else pad_last(v, self.n_gates)
             for v in (net.table, net.slope, net.base)
         ]
-        self.weights = [pack_panels(w) for w in net.weights_t]
+        self.weights = [pack_panels(w, net.precision) for w in net.weights_t]
         self.bias = [None if b is None else pad_last(b, self.n_gates) for b in net.bias]
         self._keep = keep
         weights = (ctypes.c_void_p * self.layers)(*(_ptr(w) for w in self.weights))
@@ -96,6 +101,7 @@ class _PackedLSTM:
             self.hidden,
             self.n_gates,
             net.n_classes,
+            int(half),
             *(_ptr(v) for v in keep),
             ctypes.cast(weights, ctypes.POINTER(ctypes.c_void_p)),
             ctypes.cast(bias, ctypes.POINTER(ctypes.c_void_p)),
@@ -104,7 +110,8 @@ class _PackedLSTM:
 
 class CEncoder:
     """An LSTM stack's move over known tokens in the kernel (`lofi_encode`: layer 0 a table
-    lookup, each higher layer's input projection one product per block); CPU float32 only."""
+    lookup, each higher layer's input projection one product per block); CPU, float32 state
+    (weights at the fused LSTM's precision)."""
 
     def __init__(self, lib: ctypes.CDLL, encoder: FusedLSTM) -> None:
         self.lib, self.lstm = lib, _PackedLSTM(encoder)
@@ -130,17 +137,20 @@ class CEncoder:
 
 class _PackedHead:
     def __init__(self, head: FusedHead) -> None:
+        half = head.mulaw and head.precision == "float16"
         if head.mulaw:
             n_pad = padded(head.n_out)
-            self.weights, self.bias = pack_panels(head.weight_t), pad_last(head.bias, n_pad)
+            self.weights = pack_panels(head.weight_t, head.precision)
+            self.bias = pad_last(head.bias, n_pad)
         else:
             n_pad = 1
             self.weights, self.bias = head.weight_t[:, 0].contiguous(), head.bias.contiguous()
-        self.spec = HeadSpec(head.n_out, n_pad, _ptr(self.weights), _ptr(self.bias))
+        self.spec = HeadSpec(head.n_out, n_pad, int(half), _ptr(self.weights), _ptr(self.bias))
 
 
 class CBackend:
-    """The sample-level decode loop in the kernel; CPU float32 only."""
+    """The sample-level decode loop in the kernel; CPU, float32 state and sums (weights at the
+    fused decoder's and head's precision)."""
 
     name = "c"
 
@@ -288,6 +298,8 @@ class CFrameBackend:
     def __init__(
         self, lib: ctypes.CDLL, frame_lstm: FusedLSTM, tier: SampleTier, sampler: FrameSampler
     ) -> None:
+        if frame_lstm.precision != "float32":
+            raise ValueError("the kernel runs frame models with float32 weights only")
         self.lib, self.k, self.mulaw = lib, tier.frame_size, sampler.mulaw
         self.lstm, self.tier = _PackedLSTM(frame_lstm), _PackedFrameTier(tier, sampler)
 

@@ -15,10 +15,20 @@ a conditioning input (vseq2seq's z) keeps its own weights there too.
 
 Folds are computed in float64 and stored in float32; matrices are stored transposed
 ([K, 4H]), the layout both engine backends read.
+
+Weight precision (`PRECISIONS`, default "float32": the model's own numbers). With "float16"
+the matrices a sample-level decode or encode reads at every step (each LSTM layer's recurrent
+and stacked weights, the mu-law head) are rounded to IEEE half: the C kernel stores them as
+half floats (half the bytes a step streams, which is what bounds it) and still multiplies and
+sums in float32; the torch backend computes with the same rounded values in float32. Tables,
+biases and conditioning weights, read once per step or per decode, stay float32. `round_net`
+gives the reference backend the very weights a fused backend at that precision uses, so
+"fused equals reference" stays testable at either precision.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +36,25 @@ from torch import nn
 
 from lofibeats.models.heads import Head, MulawHead, RegressionHead
 from lofibeats.models.networks import InputEmbedding
+
+PRECISIONS = ("float32", "float16")
+
+
+def check_precision(precision: str) -> str:
+    """`precision`, or a ValueError naming the choices."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"weight precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def rounded(x: torch.Tensor, precision: str) -> torch.Tensor:
+    """`x` rounded to `precision` (round to nearest even), held in x's dtype: exactly the
+    values the kernel stores at that precision."""
+    if check_precision(precision) == "float32":
+        return x
+    if x.abs().max() > torch.finfo(torch.float16).max:
+        raise ValueError("a weight is beyond float16's range: use float32 weights")
+    return x.to(torch.float16).to(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -40,6 +69,7 @@ class FusedLSTM:
     weights_t: tuple[torch.Tensor, ...]
     bias: tuple[torch.Tensor | None, ...]  # b_ih + b_hh [4H]; layer 0: None where folded
     cond_t: torch.Tensor | None  # [cond_dim, 4H]: weights of the conditioning input, if any
+    precision: str = "float32"  # "float16": weights_t hold values rounded to half (see above)
 
     @property
     def layers(self) -> int:
@@ -67,6 +97,7 @@ class FusedHead:
     weight_t: torch.Tensor
     bias: torch.Tensor
     noise_std: torch.Tensor | None  # regression: std of its sampled Gaussian (a 0-dim tensor)
+    precision: str = "float32"  # "float16": a mu-law weight_t holds values rounded to half
 
     @property
     def n_out(self) -> int:
@@ -81,8 +112,11 @@ def _f32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.float32).contiguous()
 
 
-def fuse_lstm(lstm: nn.LSTM, embed: InputEmbedding, cond_dim: int = 0) -> FusedLSTM:
-    """Fold `embed` into layer 0 of `lstm` (whose input is [embedding, cond of `cond_dim`])."""
+def fuse_lstm(
+    lstm: nn.LSTM, embed: InputEmbedding, cond_dim: int = 0, precision: str = "float32"
+) -> FusedLSTM:
+    """Fold `embed` into layer 0 of `lstm` (whose input is [embedding, cond of `cond_dim`]);
+    the per-step matrices rounded to `precision`."""
     if lstm.bias is False or lstm.proj_size or lstm.bidirectional:
         raise ValueError("the fused engine handles unidirectional nn.LSTMs with biases only")
     p = {name: t.detach().to(torch.float64) for name, t in lstm.named_parameters()}
@@ -97,7 +131,7 @@ def fuse_lstm(lstm: nn.LSTM, embed: InputEmbedding, cond_dim: int = 0) -> FusedL
         slope = _f32(w_x @ proj.weight.detach().double()[:, 0])
         base = _f32(w_x @ proj.bias.detach().double() + bias0)
     upper, upper_bias = _stacked_layers(p, 1, lstm.num_layers)
-    weights = [_f32(p["weight_hh_l0"].T), *upper]
+    weights = [rounded(w, precision) for w in (_f32(p["weight_hh_l0"].T), *upper)]
     biases: list[torch.Tensor | None] = [None, *upper_bias]
     return FusedLSTM(
         hidden=lstm.hidden_size,
@@ -107,6 +141,7 @@ def fuse_lstm(lstm: nn.LSTM, embed: InputEmbedding, cond_dim: int = 0) -> FusedL
         weights_t=tuple(weights),
         bias=tuple(biases),
         cond_t=_f32(w_c.T) if cond_dim else None,
+        precision=precision,
     )
 
 
@@ -134,10 +169,12 @@ def fuse_frame_lstm(lstm: nn.LSTM, cond_dim: int = 0) -> FusedLSTM:
     return FusedLSTM(lstm.hidden_size, None, None, None, tuple(weights), tuple(biases), cond_t)
 
 
-def fuse_head(head: Head) -> FusedHead:
-    """The head's projection, transposed; the regression head's sampling noise std."""
+def fuse_head(head: Head, precision: str = "float32") -> FusedHead:
+    """The head's projection, transposed (a mu-law head's rounded to `precision`; the regression
+    head's single column stays float32); the regression head's sampling noise std."""
     if isinstance(head, MulawHead):
-        return FusedHead(_f32(head.proj.weight.detach().T), _f32(head.proj.bias.detach()), None)
+        weight_t = rounded(_f32(head.proj.weight.detach().T), precision)
+        return FusedHead(weight_t, _f32(head.proj.bias.detach()), None, precision)
     if isinstance(head, RegressionHead):
         return FusedHead(
             _f32(head.proj.weight.detach().T),
@@ -145,3 +182,27 @@ def fuse_head(head: Head) -> FusedHead:
             head.noise_std.detach().clone(),
         )
     raise TypeError(f"the fused engine has no support for {type(head).__name__}")
+
+
+def round_net(net: nn.Module, precision: str) -> nn.Module:
+    """A copy of the sample-level network `net` (an `AutoregressiveNet`) holding the weights a
+    fused backend and encoder at `precision` compute with: each LSTM's recurrent and higher-layer
+    input matrices and a mu-law head's projection rounded as `fuse_lstm` and `fuse_head` round
+    them (layer 0's input weights, folded into a float32 table, and biases as they are). The
+    reference backend run on it is the oracle of a fused decode at that precision."""
+    net = copy.deepcopy(net)
+    weights = net.decoder_weights()
+    if weights.sample_tier is not None:
+        raise ValueError("weight precision applies to sample-level models only")
+    encoder = net.encoder_weights()
+    lstms = [weights.decoder.lstm] + ([] if encoder is None else [encoder.lstm])
+    with torch.no_grad():
+        for lstm in lstms:
+            for name, param in lstm.named_parameters():
+                if name.startswith("weight_hh_l") or (
+                    name.startswith("weight_ih_l") and name != "weight_ih_l0"
+                ):
+                    param.copy_(rounded(param, precision))
+        if isinstance(weights.head, MulawHead):
+            weights.head.proj.weight.copy_(rounded(weights.head.proj.weight, precision))
+    return net

@@ -5,7 +5,10 @@ system C compiler, found the way setuptools builds extensions (its `distutils` c
 abstraction: `CC`/sysconfig on Linux and macOS, MSVC on Windows); this module is the one
 place that runs a compiler. The library is built at first use with -O3 -march=native (plain
 -O3 where the compiler refuses that; /O2 on MSVC) into a per-user cache folder, keyed by the
-source, the compiler command and the CPU, and loaded with ctypes.
+source, the compiler command and the CPU, and loaded with ctypes. `VARIANTS` names the other
+builds, which tests use to check that every path gives the same numbers: "plain" (no
+-march=native: GCC vectors without F16C, half weights widened in C) and "portable"
+(-DLOFI_PORTABLE: the scalar loops MSVC builds).
 
 Where no compiler works (or setuptools is missing) `load_kernel()` warns once, on one line, and
 returns None; the engine then uses its pure-torch backend. Environment:
@@ -29,13 +32,14 @@ from typing import Any
 from filelock import FileLock
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_engine.c"
-ABI = 6  # must match LOFI_ABI in the C source
+ABI = 7  # must match LOFI_ABI in the C source
 PANEL = 16  # must match LOFI_NB: columns per packed weight panel
 RECALL, LOCAL = 32, 64  # must match LOFI_RECALL, LOFI_LOCAL: a lookback's recall per frame
 EXPORTS = ("lofi_abi", "lofi_encode", "lofi_decode", "lofi_frames", "lofi_copy_mix")
 
 _UNIX_FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math")
 _MSVC_FLAGS = ("/O2",)
+VARIANTS = ("native", "plain", "portable")
 _P = ctypes.c_void_p
 _I32, _I64, _F32 = ctypes.c_int32, ctypes.c_int64, ctypes.c_float
 
@@ -48,6 +52,7 @@ class LSTMSpec(ctypes.Structure):
         ("hidden", _I32),
         ("n_gates", _I32),
         ("n_classes", _I32),
+        ("half", _I32),
         ("table", _P),
         ("slope", _P),
         ("base", _P),
@@ -59,7 +64,7 @@ class LSTMSpec(ctypes.Structure):
 class HeadSpec(ctypes.Structure):
     """Mirror of the C `LofiHead` struct."""
 
-    _fields_ = [("n_out", _I32), ("n_pad", _I32), ("weights", _P), ("bias", _P)]
+    _fields_ = [("n_out", _I32), ("n_pad", _I32), ("half", _I32), ("weights", _P), ("bias", _P)]
 
 
 class FrameTierSpec(ctypes.Structure):
@@ -136,8 +141,9 @@ def _cpu_id() -> str:
     return f"{platform.machine()} {platform.processor()}"
 
 
-def _cache_key(compiler: Any) -> str:
+def _cache_key(compiler: Any, variant: str) -> str:
     parts = [
+        variant,
         hashlib.sha256(SOURCE.read_bytes()).hexdigest(),
         compiler.compiler_type,
         repr(getattr(compiler, "compiler_so", "")),
@@ -149,18 +155,24 @@ def _cache_key(compiler: Any) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:20]
 
 
-def _compile(compiler: Any, build_dir: Path, target: Path) -> None:
-    """Compile SOURCE into the shared library `target` (native CPU flags first, then portable)."""
+def _compile(compiler: Any, build_dir: Path, target: Path, variant: str) -> None:
+    """Compile SOURCE into the shared library `target` (native CPU flags first, then plain)."""
     from distutils.errors import CompileError
 
     if compiler.compiler_type == "msvc":
         attempts = [list(_MSVC_FLAGS)]
+    elif variant == "plain":
+        attempts = [list(_UNIX_FLAGS)]
     else:
         attempts = [[*_UNIX_FLAGS, "-march=native"], list(_UNIX_FLAGS)]
+    macros = [("LOFI_PORTABLE", None)] if variant == "portable" else None
     for i, flags in enumerate(attempts):
         try:
             objects = compiler.compile(
-                [str(SOURCE)], output_dir=str(build_dir / str(i)), extra_postargs=flags
+                [str(SOURCE)],
+                output_dir=str(build_dir / str(i)),
+                macros=macros,
+                extra_postargs=flags,
             )
             break
         except CompileError:
@@ -197,22 +209,25 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     return lib
 
 
-def build_kernel(cache_dir: Path | None = None) -> Path:
-    """The path of the compiled kernel for this machine, building it if it is not cached.
+def build_kernel(cache_dir: Path | None = None, variant: str = "native") -> Path:
+    """The path of the compiled kernel for this machine (the build `variant`, see `VARIANTS`),
+    building it if it is not cached.
 
     Safe to call from several processes at once (a file lock; the library is renamed into place).
     Raises what the compiler abstraction raises when no compiler works.
     """
+    if variant not in VARIANTS:
+        raise ValueError(f"kernel variant {variant!r}: use one of {', '.join(VARIANTS)}")
     compiler = _new_compiler()
     cache_dir = Path(cache_dir or user_cache_dir())
     cache_dir.mkdir(parents=True, exist_ok=True)
     suffix = ".dll" if sys.platform == "win32" else ".so"
-    target = cache_dir / f"lstm_engine-{_cache_key(compiler)}{suffix}"
+    target = cache_dir / f"lstm_engine-{_cache_key(compiler, variant)}{suffix}"
     with FileLock(str(target) + ".lock"):
         if not target.exists():
             with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
                 built = Path(tmp) / target.name
-                _compile(compiler, Path(tmp), built)
+                _compile(compiler, Path(tmp), built, variant)
                 os.replace(built, target)
     return target
 
@@ -230,6 +245,14 @@ def _build_errors() -> tuple[type[Exception], ...]:
     return (*errors, CCompilerError, DistutilsError)
 
 
+def open_kernel(path: Path) -> ctypes.CDLL:
+    """The built kernel at `path`, loaded and bound; OSError where its ABI is not `ABI`."""
+    lib = _bind(ctypes.CDLL(str(path)))
+    if lib.lofi_abi() != ABI:
+        raise OSError(f"{SOURCE.name} reports ABI {lib.lofi_abi()}, this module needs {ABI}")
+    return lib
+
+
 @functools.cache
 def load_kernel() -> ctypes.CDLL | None:
     """The kernel library (built at first use, then cached), or None where it cannot be had:
@@ -237,9 +260,7 @@ def load_kernel() -> ctypes.CDLL | None:
     if os.environ.get("LOFIBEATS_KERNEL", "on").lower() in ("off", "0", "false", "no"):
         return None
     try:
-        lib = _bind(ctypes.CDLL(str(build_kernel())))
-        if lib.lofi_abi() != ABI:
-            raise OSError(f"{SOURCE.name} reports ABI {lib.lofi_abi()}, this module needs {ABI}")
+        lib = open_kernel(build_kernel())
     except _build_errors() as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:160]
         warnings.warn(

@@ -11,9 +11,14 @@
  * Matrices are stored in panels of LOFI_NB columns, each panel K rows of LOFI_NB contiguous
  * floats, so the inner loop streams memory and keeps a LOFI_RB x LOFI_NB tile in registers.
  *
+ * A sample-level decode's and encode's LSTM and head panels may hold IEEE half floats instead
+ * (`half`): a step then streams half the bytes, widening each weight to float32 as it is loaded
+ * (F16C where the target has it, plain C otherwise), and sums in float32 as before.
+ *
  * Plain C99 that needs nothing beyond the C library: built with -O3 -march=native by gcc/clang
  * (which get GCC vector extensions for the register tiles and auto-vectorise the rest), or by
- * MSVC (plain loops). The build helper is kernel.py; the ABI number below must match it.
+ * MSVC (plain loops, as -DLOFI_PORTABLE builds them; they sum in the same order). The build
+ * helper is kernel.py; the ABI number below must match it.
  */
 #include <math.h>
 #include <stdint.h>
@@ -32,7 +37,7 @@
 
 #define LOFI_NB 16 /* columns per weight panel */
 #define LOFI_RB 6  /* rows per register tile (6 x 16 floats: 12 of 16 AVX registers) */
-#define LOFI_ABI 6 /* bumped whenever a struct or signature below changes */
+#define LOFI_ABI 7 /* bumped whenever a struct or signature below changes */
 #define LOFI_RECALL 32 /* samples a lookback recalls per frame (lookback.RECALL_SAMPLES) */
 #define LOFI_LOCAL 64  /* samples of its local match (lookback.LOCAL_SAMPLES) */
 
@@ -43,17 +48,19 @@ typedef struct {
     int32_t hidden;    /* H */
     int32_t n_gates;   /* 4H rounded up to a multiple of LOFI_NB */
     int32_t n_classes; /* > 0: token inputs use `table`; 0: float inputs use slope/base */
+    int32_t half;      /* != 0: `weights` hold IEEE half floats (sample-level decode, encode) */
     const float *table;          /* [n_classes, n_gates] layer-0 gates per input class */
     const float *slope;          /* [n_gates] layer-0 gates = slope * x + base (regression) */
     const float *base;           /* [n_gates] */
-    const float *const *weights; /* [layers] panels: layer 0 K = H, layer l > 0 K = 2H */
+    const void *const *weights;  /* [layers] panels: layer 0 K = H, layer l > 0 K = 2H */
     const float *const *bias;    /* [layers] [n_gates]; bias[0] unused (folded into layer 0) */
 } LofiLSTM;
 
 typedef struct {
     int32_t n_out;        /* classes (mu-law) or 1 (regression: tanh of one value) */
     int32_t n_pad;        /* n_out rounded up to LOFI_NB (mu-law) */
-    const float *weights; /* mu-law: panels with K = H; regression: [H] */
+    int32_t half;         /* != 0: mu-law panels of IEEE half floats */
+    const void *weights;  /* mu-law: panels with K = H; regression: [H] float32 */
     const float *bias;    /* mu-law: [n_pad]; regression: [1] */
 } LofiHead;
 
@@ -99,12 +106,49 @@ LOFI_API int lofi_abi(void) { return LOFI_ABI; }
 
 /* ------------------------------------------------------------------ matrix products */
 
+/* Weight panels hold float32, or IEEE half floats (`half` != 0: LofiLSTM.half, LofiHead.half)
+ * that are widened to float32 as they are loaded, so every product still multiplies and sums
+ * in float32: half weights halve the bytes a step streams, not the precision of the sums. */
+
+/* The float32 value of the IEEE half `h` (exact: every half is a float). */
+LOFI_INLINE float half_to_float(const uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+    const uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+    uint32_t bits;
+    if (exponent == 0x1fu) { /* inf, NaN */
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent) { /* normal: re-bias the exponent by 127 - 15 */
+        bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+    } else { /* zero or subnormal: mantissa * 2^-24 */
+        const float value = (float)mantissa * 5.9604644775390625e-8f;
+        memcpy(&bits, &value, sizeof bits);
+        bits |= sign;
+    }
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+/* Element i of a panel (float32 or half). */
+LOFI_INLINE float weight1(const void *w, const size_t i, const int half) {
+    return half ? half_to_float(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+
+/* Where element i of a panel array starts. */
+LOFI_INLINE const void *weight_at(const void *w, const size_t i, const int half) {
+    return (const char *)w + i * (half ? sizeof(uint16_t) : sizeof(float));
+}
+
 /* y[r, 0:NB] += x[r, 0:kn] @ w[0:kn, 0:NB] for r < rb, w one panel slice. `ks` splits k into
  * interleaved partial sums so that rb * ks (<= LOFI_RB) independent accumulator rows hide the
  * FMA latency when there are few rows.
- * gcc/clang get explicit 8-float vectors (auto-vectorisation picks the wrong loop here); other
- * compilers (or -DLOFI_PORTABLE) get the same loops on scalars. */
+ * gcc/clang get explicit 8-float vectors (auto-vectorisation picks the wrong loop here), half
+ * weights widened by F16C where the target has it; other compilers (or -DLOFI_PORTABLE) get
+ * the same loops on scalars, which sum in the same order. */
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(LOFI_PORTABLE)
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
 typedef float vec8 __attribute__((vector_size(32)));
 #define LOFI_NV (LOFI_NB / 8)
 
@@ -114,17 +158,33 @@ LOFI_INLINE vec8 load8(const float *p) {
     return v;
 }
 
+/* Elements i .. i + 7 of a panel as floats. */
+LOFI_INLINE vec8 weight8(const void *w, const size_t i, const int half) {
+    if (!half) return load8((const float *)w + i);
+    const uint16_t *hw = (const uint16_t *)w + i;
+#if defined(__F16C__)
+    const __m256 wide = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)hw));
+    vec8 v;
+    memcpy(&v, &wide, sizeof v);
+    return v;
+#else
+    vec8 v;
+    for (int j = 0; j < 8; j++) v[j] = half_to_float(hw[j]);
+    return v;
+#endif
+}
+
 LOFI_INLINE void tile(const int rb, const int ks, const float *x, const int ldx, const int kn,
-                      const float *w, float *y, const int ldy) {
+                      const void *w, const int half, float *y, const int ldy) {
     vec8 acc[LOFI_RB][LOFI_NV];
     for (int a = 0; a < rb * ks; a++)
         for (int v = 0; v < LOFI_NV; v++) acc[a][v] = (vec8){0};
     int k = 0;
     for (; k + ks <= kn; k += ks) {
         for (int q = 0; q < ks; q++) {
-            const float *wk = w + (size_t)(k + q) * LOFI_NB;
+            const size_t wk = (size_t)(k + q) * LOFI_NB;
             vec8 wv[LOFI_NV];
-            for (int v = 0; v < LOFI_NV; v++) wv[v] = load8(wk + 8 * v);
+            for (int v = 0; v < LOFI_NV; v++) wv[v] = weight8(w, wk + 8 * v, half);
             for (int r = 0; r < rb; r++) {
                 const float xv = x[(size_t)r * ldx + k + q];
                 for (int v = 0; v < LOFI_NV; v++) acc[r * ks + q][v] += xv * wv[v];
@@ -132,10 +192,10 @@ LOFI_INLINE void tile(const int rb, const int ks, const float *x, const int ldx,
         }
     }
     for (; k < kn; k++) {
-        const float *wk = w + (size_t)k * LOFI_NB;
+        const size_t wk = (size_t)k * LOFI_NB;
         for (int r = 0; r < rb; r++) {
             const float xv = x[(size_t)r * ldx + k];
-            for (int v = 0; v < LOFI_NV; v++) acc[r * ks][v] += xv * load8(wk + 8 * v);
+            for (int v = 0; v < LOFI_NV; v++) acc[r * ks][v] += xv * weight8(w, wk + 8 * v, half);
         }
     }
     for (int r = 0; r < rb; r++) {
@@ -148,27 +208,59 @@ LOFI_INLINE void tile(const int rb, const int ks, const float *x, const int ldx,
         }
     }
 }
+
+/* y[0:4 NB] += x[0:kn] @ four consecutive panels (w: the first, at its row k0; `stride`
+ * elements from one panel to the next): one row, as one stream's step has. Each broadcast of x
+ * feeds all four panels and two k run in separate accumulators, so loads rather than FMA
+ * latency bound it (about 1.25x the single-panel tile's speed on a 2 x 256 LSTM). */
+LOFI_INLINE void vector_panels4(const float *x, const int kn, const void *w, const int half,
+                                const size_t stride, float *y) {
+    vec8 a[2][4][LOFI_NV];
+    for (int q = 0; q < 2; q++)
+        for (int p = 0; p < 4; p++)
+            for (int v = 0; v < LOFI_NV; v++) a[q][p][v] = (vec8){0};
+    int k = 0;
+    for (; k + 2 <= kn; k += 2)
+        for (int q = 0; q < 2; q++) {
+            const float xv = x[k + q];
+            for (int p = 0; p < 4; p++) {
+                const size_t wk = p * stride + (size_t)(k + q) * LOFI_NB;
+                for (int v = 0; v < LOFI_NV; v++) a[q][p][v] += xv * weight8(w, wk + 8 * v, half);
+            }
+        }
+    for (; k < kn; k++)
+        for (int p = 0; p < 4; p++) {
+            const size_t wk = p * stride + (size_t)k * LOFI_NB;
+            for (int v = 0; v < LOFI_NV; v++) a[0][p][v] += x[k] * weight8(w, wk + 8 * v, half);
+        }
+    for (int p = 0; p < 4; p++)
+        for (int v = 0; v < LOFI_NV; v++) {
+            vec8 s = a[0][p][v] + a[1][p][v];
+            s += load8(y + p * LOFI_NB + 8 * v);
+            memcpy(y + p * LOFI_NB + 8 * v, &s, sizeof s);
+        }
+}
 #else
 LOFI_INLINE void tile(const int rb, const int ks, const float *x, const int ldx, const int kn,
-                      const float *w, float *y, const int ldy) {
+                      const void *w, const int half, float *y, const int ldy) {
     float acc[LOFI_RB][LOFI_NB];
     for (int a = 0; a < rb * ks; a++)
         for (int j = 0; j < LOFI_NB; j++) acc[a][j] = 0.0f;
     int k = 0;
     for (; k + ks <= kn; k += ks) {
         for (int q = 0; q < ks; q++) {
-            const float *wk = w + (size_t)(k + q) * LOFI_NB;
+            const size_t wk = (size_t)(k + q) * LOFI_NB;
             for (int r = 0; r < rb; r++) {
                 const float xv = x[(size_t)r * ldx + k + q];
-                for (int j = 0; j < LOFI_NB; j++) acc[r * ks + q][j] += xv * wk[j];
+                for (int j = 0; j < LOFI_NB; j++) acc[r * ks + q][j] += xv * weight1(w, wk + j, half);
             }
         }
     }
     for (; k < kn; k++) {
-        const float *wk = w + (size_t)k * LOFI_NB;
+        const size_t wk = (size_t)k * LOFI_NB;
         for (int r = 0; r < rb; r++) {
             const float xv = x[(size_t)r * ldx + k];
-            for (int j = 0; j < LOFI_NB; j++) acc[r * ks][j] += xv * wk[j];
+            for (int j = 0; j < LOFI_NB; j++) acc[r * ks][j] += xv * weight1(w, wk + j, half);
         }
     }
     for (int r = 0; r < rb; r++) {
@@ -180,76 +272,82 @@ LOFI_INLINE void tile(const int rb, const int ks, const float *x, const int ldx,
         }
     }
 }
-#endif
 
-#if (defined(__GNUC__) || defined(__clang__)) && !defined(LOFI_PORTABLE)
-/* y[0:4 NB] += x[0:kn] @ four consecutive panels (w: the first, at its row k0; `stride` floats
- * from one panel to the next): one row, as one stream's step has. Each broadcast of x feeds all
- * four panels and two k run in separate accumulators, so loads rather than FMA latency bound
- * it (about 1.25x the single-panel tile's speed on a 2 x 256 LSTM). */
-LOFI_INLINE void vector_panels4(const float *x, const int kn, const float *w, const size_t stride,
-                                float *y) {
-    vec8 a[2][4][LOFI_NV];
+/* The vector path's vector_panels4 on scalars: the same products summed in the same order. */
+LOFI_INLINE void vector_panels4(const float *x, const int kn, const void *w, const int half,
+                                const size_t stride, float *y) {
+    float a[2][4][LOFI_NB];
     for (int q = 0; q < 2; q++)
         for (int p = 0; p < 4; p++)
-            for (int v = 0; v < LOFI_NV; v++) a[q][p][v] = (vec8){0};
+            for (int j = 0; j < LOFI_NB; j++) a[q][p][j] = 0.0f;
     int k = 0;
     for (; k + 2 <= kn; k += 2)
-        for (int q = 0; q < 2; q++) {
-            const float xv = x[k + q];
+        for (int q = 0; q < 2; q++)
             for (int p = 0; p < 4; p++) {
-                const float *wk = w + p * stride + (size_t)(k + q) * LOFI_NB;
-                for (int v = 0; v < LOFI_NV; v++) a[q][p][v] += xv * load8(wk + 8 * v);
+                const size_t wk = p * stride + (size_t)(k + q) * LOFI_NB;
+                for (int j = 0; j < LOFI_NB; j++) a[q][p][j] += x[k + q] * weight1(w, wk + j, half);
             }
-        }
     for (; k < kn; k++)
         for (int p = 0; p < 4; p++) {
-            const float *wk = w + p * stride + (size_t)k * LOFI_NB;
-            for (int v = 0; v < LOFI_NV; v++) a[0][p][v] += x[k] * load8(wk + 8 * v);
+            const size_t wk = p * stride + (size_t)k * LOFI_NB;
+            for (int j = 0; j < LOFI_NB; j++) a[0][p][j] += x[k] * weight1(w, wk + j, half);
         }
     for (int p = 0; p < 4; p++)
-        for (int v = 0; v < LOFI_NV; v++) {
-            vec8 s = a[0][p][v] + a[1][p][v];
-            s += load8(y + p * LOFI_NB + 8 * v);
-            memcpy(y + p * LOFI_NB + 8 * v, &s, sizeof s);
-        }
+        for (int j = 0; j < LOFI_NB; j++) y[p * LOFI_NB + j] += a[0][p][j] + a[1][p][j];
 }
-#define LOFI_PANELS4 1
-#else
-#define LOFI_PANELS4 0
 #endif
 
 /* y[r, :n] += x[r, :kn] @ W[k0:k0 + kn, :n] for r < rows; W is packed as n / NB panels of
- * k_total rows each. Panel-outer order keeps one panel hot while every row tile uses it. */
-static void matmul_acc(const int rows, const float *x, const int ldx, const float *panels,
-                       const int k_total, const int k0, const int kn, float *y, const int ldy,
-                       const int n) {
+ * k_total rows each, float32 or (`half`) IEEE half. Panel-outer order keeps one panel hot
+ * while every row tile uses it. */
+LOFI_INLINE void matmul_any(const int rows, const float *x, const int ldx, const void *panels,
+                            const int half, const int k_total, const int k0, const int kn,
+                            float *y, const int ldy, const int n) {
     int first = 0;
-#if LOFI_PANELS4
     if (rows == 1) {
         const size_t stride = (size_t)k_total * LOFI_NB;
         for (; first + 4 <= n / LOFI_NB; first += 4)
-            vector_panels4(x, kn, panels + first * stride + (size_t)k0 * LOFI_NB, stride,
-                           y + (size_t)first * LOFI_NB);
+            vector_panels4(x, kn, weight_at(panels, first * stride + (size_t)k0 * LOFI_NB, half),
+                           half, stride, y + (size_t)first * LOFI_NB);
     }
-#endif
     for (int p = first; p < n / LOFI_NB; p++) {
-        const float *w = panels + ((size_t)p * k_total + k0) * LOFI_NB;
+        const void *w = weight_at(panels, ((size_t)p * k_total + k0) * LOFI_NB, half);
         float *yp = y + (size_t)p * LOFI_NB;
         int r = 0;
         for (; r + LOFI_RB <= rows; r += LOFI_RB)
-            tile(LOFI_RB, 1, x + (size_t)r * ldx, ldx, kn, w, yp + (size_t)r * ldy, ldy);
+            tile(LOFI_RB, 1, x + (size_t)r * ldx, ldx, kn, w, half, yp + (size_t)r * ldy, ldy);
         const float *xr = x + (size_t)r * ldx;
         float *yr = yp + (size_t)r * ldy;
         switch (rows - r) {
-        case 5: tile(5, 1, xr, ldx, kn, w, yr, ldy); break;
-        case 4: tile(4, 1, xr, ldx, kn, w, yr, ldy); break;
-        case 3: tile(3, 2, xr, ldx, kn, w, yr, ldy); break;
-        case 2: tile(2, 3, xr, ldx, kn, w, yr, ldy); break;
-        case 1: tile(1, 4, xr, ldx, kn, w, yr, ldy); break;
+        case 5: tile(5, 1, xr, ldx, kn, w, half, yr, ldy); break;
+        case 4: tile(4, 1, xr, ldx, kn, w, half, yr, ldy); break;
+        case 3: tile(3, 2, xr, ldx, kn, w, half, yr, ldy); break;
+        case 2: tile(2, 3, xr, ldx, kn, w, half, yr, ldy); break;
+        case 1: tile(1, 4, xr, ldx, kn, w, half, yr, ldy); break;
         default: break;
         }
     }
+}
+
+/* matmul_any on float32 panels, and on half ones: two copies, each with its loads fixed. */
+static void matmul_acc(const int rows, const float *x, const int ldx, const float *panels,
+                       const int k_total, const int k0, const int kn, float *y, const int ldy,
+                       const int n) {
+    matmul_any(rows, x, ldx, panels, 0, k_total, k0, kn, y, ldy, n);
+}
+
+static void matmul_half(const int rows, const float *x, const int ldx, const uint16_t *panels,
+                        const int k_total, const int k0, const int kn, float *y, const int ldy,
+                        const int n) {
+    matmul_any(rows, x, ldx, panels, 1, k_total, k0, kn, y, ldy, n);
+}
+
+/* y += x @ W for a matrix of a LofiLSTM or LofiHead (`half` says how its panels are stored). */
+static void matmul_weights(const int rows, const float *x, const int ldx, const void *panels,
+                           const int half, const int k_total, const int k0, const int kn,
+                           float *y, const int ldy, const int n) {
+    if (half) matmul_half(rows, x, ldx, panels, k_total, k0, kn, y, ldy, n);
+    else matmul_acc(rows, x, ldx, panels, k_total, k0, kn, y, ldy, n);
 }
 
 /* ------------------------------------------------------------------ elementwise math */
@@ -361,17 +459,17 @@ LOFI_API int lofi_encode(const LofiLSTM *net, const int32_t batch, const int32_t
         for (int t = 0; t < tb; t++) { /* layer 0: a table row (or slope * x + base) + W_hh h */
             input_gates(net, B, classes ? classes + t0 + t : NULL, values ? values + t0 + t : NULL,
                         steps, gates);
-            matmul_acc(B, h, H, net->weights[0], H, 0, H, gates, G, G);
+            matmul_weights(B, h, H, net->weights[0], net->half, H, 0, H, gates, G, G);
             lstm_cell(B, H, G, gates, c, h);
             memcpy(seq + (size_t)t * B * H, h, sizeof(float) * B * H);
         }
         for (int l = 1; l < L; l++) {
             float *hl = h + (size_t)l * B * H, *cl = c + (size_t)l * B * H;
             fill_bias(tb * B, G, net->bias[l], gates);
-            matmul_acc(tb * B, seq, H, net->weights[l], 2 * H, 0, H, gates, G, G);
+            matmul_weights(tb * B, seq, H, net->weights[l], net->half, 2 * H, 0, H, gates, G, G);
             for (int t = 0; t < tb; t++) { /* seq[t] was read above: it takes this layer's h */
                 float *gt = gates + (size_t)t * B * G;
-                matmul_acc(B, hl, H, net->weights[l], 2 * H, H, H, gt, G, G);
+                matmul_weights(B, hl, H, net->weights[l], net->half, 2 * H, H, H, gt, G, G);
                 lstm_cell(B, H, G, gt, cl, hl);
                 memcpy(seq + (size_t)t * B * H, hl, sizeof(float) * B * H);
             }
@@ -475,10 +573,11 @@ LOFI_API int lofi_decode(const LofiLSTM *net, const LofiHead *head, const int32_
     if (steps == 0) return LOFI_OK;
     if ((mulaw && (!first_class || !out_class)) ||
         (!mulaw && (!first_value || !out_value)) || (mulaw && head->n_out != net->n_classes) ||
-        (!mulaw && head->n_out != 1) || (!greedy && !draws) || (!greedy && !(temperature > 0.0f)))
+        (!mulaw && head->n_out != 1) || (!greedy && !draws) || (!greedy && !(temperature > 0.0f)) ||
+        (!mulaw && head->half))
         return LOFI_BAD_ARGS;
     if (mulaw && !valid_classes(net, first_class, (size_t)B)) return LOFI_BAD_ARGS;
-    const int V = head->n_out, VP = mulaw ? head->n_pad : 1;
+    const int V = head->n_out, VP = mulaw ? head->n_pad : 1, half = net->half;
     float *gates = malloc(sizeof(float) * (size_t)B * G);
     float *logits = malloc(sizeof(float) * (size_t)B * VP);
     float *probs = malloc(sizeof(float) * (size_t)V);
@@ -504,23 +603,24 @@ LOFI_API int lofi_decode(const LofiLSTM *net, const LofiHead *head, const int32_
                 for (int j = 0; j < G; j++) g[j] += cb[j];
             }
         }
-        matmul_acc(B, h, H, net->weights[0], H, 0, H, gates, G, G);
+        matmul_weights(B, h, H, net->weights[0], half, H, 0, H, gates, G, G);
         lstm_cell(B, H, G, gates, c, h);
         for (int l = 1; l < L; l++) {
             float *hl = h + (size_t)l * B * H, *cl = c + (size_t)l * B * H;
+            const void *w = net->weights[l];
             fill_bias(B, G, net->bias[l], gates);
             if (B == 1) { /* [h_{l-1}; h_l] lie side by side: one pass over the stacked rows */
-                matmul_acc(1, hl - H, 2 * H, net->weights[l], 2 * H, 0, 2 * H, gates, G, G);
+                matmul_weights(1, hl - H, 2 * H, w, half, 2 * H, 0, 2 * H, gates, G, G);
             } else {
-                matmul_acc(B, hl - (size_t)B * H, H, net->weights[l], 2 * H, 0, H, gates, G, G);
-                matmul_acc(B, hl, H, net->weights[l], 2 * H, H, H, gates, G, G);
+                matmul_weights(B, hl - (size_t)B * H, H, w, half, 2 * H, 0, H, gates, G, G);
+                matmul_weights(B, hl, H, w, half, 2 * H, H, H, gates, G, G);
             }
             lstm_cell(B, H, G, gates, cl, hl);
         }
         const float *u = draws ? draws + (size_t)t * B : NULL;
         if (mulaw) {
             fill_bias(B, VP, head->bias, logits);
-            matmul_acc(B, top_h, H, head->weights, H, 0, H, logits, VP, VP);
+            matmul_weights(B, top_h, H, head->weights, head->half, H, 0, H, logits, VP, VP);
             for (int b = 0; b < B; b++) {
                 const float *lb = logits + (size_t)b * VP;
                 tokens[b] = greedy ? argmax(lb, V)
@@ -531,7 +631,7 @@ LOFI_API int lofi_decode(const LofiLSTM *net, const LofiHead *head, const int32_
             for (int b = 0; b < B; b++) {
                 const float *hb = top_h + (size_t)b * H;
                 float dot = 0.0f;
-                for (int j = 0; j < H; j++) dot += head->weights[j] * hb[j];
+                for (int j = 0; j < H; j++) dot += ((const float *)head->weights)[j] * hb[j];
                 float v = tanhf(dot + head->bias[0]);
                 if (!greedy) {
                     v += u[b];
@@ -561,6 +661,7 @@ static void frame_lstm_step(const LofiLSTM *net, const int rows, const int n_in,
                             const float *cond, const int64_t cond_b, float *h, float *c,
                             float *gates) {
     const int L = net->layers, H = net->hidden, G = net->n_gates;
+    const float *const *weights = (const float *const *)net->weights; /* float32 (lofi_frames) */
     fill_bias(rows, G, net->bias[0], gates);
     if (cond)
         for (int r = 0; r < rows; r++) {
@@ -568,14 +669,14 @@ static void frame_lstm_step(const LofiLSTM *net, const int rows, const int n_in,
             float *g = gates + (size_t)r * G;
             for (int j = 0; j < G; j++) g[j] += cr[j];
         }
-    matmul_acc(rows, x, n_in, net->weights[0], n_in + H, 0, n_in, gates, G, G);
-    matmul_acc(rows, h, H, net->weights[0], n_in + H, n_in, H, gates, G, G);
+    matmul_acc(rows, x, n_in, weights[0], n_in + H, 0, n_in, gates, G, G);
+    matmul_acc(rows, h, H, weights[0], n_in + H, n_in, H, gates, G, G);
     lstm_cell(rows, H, G, gates, c, h);
     for (int l = 1; l < L; l++) {
         float *hl = h + (size_t)l * rows * H, *cl = c + (size_t)l * rows * H;
         fill_bias(rows, G, net->bias[l], gates);
-        matmul_acc(rows, hl - (size_t)rows * H, H, net->weights[l], 2 * H, 0, H, gates, G, G);
-        matmul_acc(rows, hl, H, net->weights[l], 2 * H, H, H, gates, G, G);
+        matmul_acc(rows, hl - (size_t)rows * H, H, weights[l], 2 * H, 0, H, gates, G, G);
+        matmul_acc(rows, hl, H, weights[l], 2 * H, H, H, gates, G, G);
         lstm_cell(rows, H, G, gates, cl, hl);
     }
 }
@@ -737,7 +838,7 @@ LOFI_API int lofi_frames(const LofiLSTM *net, const LofiFrameTier *tier, const i
     const int M = tier->width, V = tier->n_out, VP = tier->n_pad, NU = tier->n_up;
     const int R = tier->recall, NI = K + R; /* the frame LSTM's input width */
     const int mulaw = tier->table != NULL;
-    if (B < 1 || frames < 0 || L < 1 || K < 1 || M < 1) return LOFI_BAD_ARGS;
+    if (B < 1 || frames < 0 || L < 1 || K < 1 || M < 1 || net->half) return LOFI_BAD_ARGS;
     if (frames == 0) return LOFI_OK;
     if ((mulaw && (!context_class || !out_class || !tier->frame_values)) ||
         (!mulaw && (!context_value || !out_value || V != 1)) ||
