@@ -16,6 +16,7 @@ import pytest
 from live_helpers import make_runs
 
 from lofibeats.errors import CheckpointError, ConfigError
+from lofibeats.live import command
 from lofibeats.live.command import live, settings_from
 from lofibeats.live.server import LiveState
 
@@ -107,6 +108,20 @@ def test_loop_for_a_starting_model_without_a_lookback_says_so(runs, tmp_path: Pa
     )
     with pytest.raises(ConfigError, match=r"^loop=0.5: .*_seq2seq has no lookback to loop"):
         LiveState(settings, tmp_path).preload()
+
+
+def test_a_start_refused_at_preload_frees_its_port(runs, monkeypatch) -> None:
+    root, ckpts = runs
+    opened, real_bind = [], command.bind
+
+    def bind(host: str, port: int):
+        opened.append(real_bind(host, port))
+        return opened[-1]
+
+    monkeypatch.setattr(command, "bind", bind)
+    with pytest.raises(ConfigError, match=r"^loop=0.5: .*has no lookback to loop"):
+        live(cfg(root, "loop=0.5", "live.port=0", f"ckpt={ckpts['seq2seq']}"))
+    assert opened and opened[0].fileno() == -1  # closed: the port is free again
 
 
 def test_no_run_to_play_says_train_first(tmp_path: Path) -> None:

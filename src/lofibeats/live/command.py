@@ -115,7 +115,7 @@ def live(cfg: DictConfig) -> None:
     sock = bind(settings.host, settings.port)
     port = sock.getsockname()[1]
     hosts = tuple(str(h) for h in cfg.live.get("allowed_hosts") or ())
-    with new_shelf() as shelf:
+    with sock, new_shelf() as shelf:  # the port is freed however live ends
         app = create_app(settings, Path(shelf), hosts=hosts)
         started = time.perf_counter()
         model, engine = app.state.live.preload()  # a CheckpointError stops here, one line
