@@ -8,7 +8,7 @@ scale of beats and bars.
 
 Every `hop` samples the lookback *searches*: it finds the lag L between `min_lag` and `max_lag`
 whose `window` samples best match the last `window` samples (normalised cross-correlation over
-every lag, one FFT per search: `Lookback.search`). Until the next search, each decoder frame
+every lag, one FFT per search: `match_scores`). Until the next search, each decoder frame
 *recalls* from L samples before it: the `RECALL_SAMPLES` that followed there (starting with the
 frame being predicted), the search's score, and how well the `LOCAL_SAMPLES` just before the
 frame still match the ones just before the recalled place (in a copy that holds, about 1). The
@@ -40,6 +40,22 @@ _EPS = 1e-8  # energy floor of a match: silence matches nothing
 _COPY_WIDTH = 0.02  # initial width of the copy bump, in class values (2 / 255 per class)
 
 
+def match_scores(signal: torch.Tensor, min_lag: int, max_lag: int, window: int) -> torch.Tensor:
+    """How well the last `window` samples of `signal` [B, S] (S >= max_lag + window) match the
+    `window` samples each lag before them, for lags max_lag down to min_lag: the normalised
+    cross-correlation [B, max_lag - min_lag + 1], column j at lag max_lag - j; 0 against silence.
+    All lags in one FFT (a power of two of at least max_lag - min_lag + window points)."""
+    w, n = window, max_lag - min_lag + window
+    fft_size = 1 << math.ceil(math.log2(n))
+    tail = signal[:, -w:]
+    region = signal[:, signal.shape[1] - max_lag - w : signal.shape[1] - min_lag]
+    spectrum = torch.fft.rfft(region, fft_size) * torch.fft.rfft(tail, fft_size).conj()
+    dots = torch.fft.irfft(spectrum, fft_size)[:, : n - w + 1]  # segment j: region[j:j+w]
+    power = F.pad(region.double().square().cumsum(-1), (1, 0))
+    energy = (power[:, w:] - power[:, :-w]).clamp(min=0.0).float()
+    return dots * torch.rsqrt(energy * tail.square().sum(-1, keepdim=True) + _EPS)
+
+
 def _cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity over the last axis, 0 where either side is silent."""
     dot = (a * b).sum(-1)
@@ -60,7 +76,6 @@ class Lookback:
         self.frame_size, self.min_lag, self.max_lag = frame_size, min_lag, max_lag
         self.window, self.hop_frames = window, hop // frame_size
         self.span = max_lag + max(window, LOCAL_SAMPLES)  # samples a search and recall read
-        self.fft_size = 1 << math.ceil(math.log2(max_lag - min_lag + window))
 
     out_dim = RECALL_SAMPLES + 2  # the recalled samples, the search's score, the local match
 
@@ -74,16 +89,7 @@ class Lookback:
         """The lag to continue `signal` [B, span] from: (lags [B] in samples, scores [B]: the
         normalised cross-correlation of the last `window` samples with the `window` samples
         that lag earlier; 0 against silence)."""
-        w, n = self.window, self.max_lag - self.min_lag + self.window
-        tail = signal[:, -w:]
-        region = signal[:, signal.shape[1] - self.max_lag - w : signal.shape[1] - self.min_lag]
-        spectrum = (
-            torch.fft.rfft(region, self.fft_size) * torch.fft.rfft(tail, self.fft_size).conj()
-        )
-        dots = torch.fft.irfft(spectrum, self.fft_size)[:, : n - w + 1]  # segment j: region[j:j+w]
-        power = F.pad(region.double().square().cumsum(-1), (1, 0))
-        energy = (power[:, w:] - power[:, :-w]).clamp(min=0.0).float()
-        scores = dots * torch.rsqrt(energy * tail.square().sum(-1, keepdim=True) + _EPS)
+        scores = match_scores(signal, self.min_lag, self.max_lag, self.window)
         best = scores.argmax(-1)
         return self.max_lag - best, scores.gather(1, best[:, None])[:, 0]
 
