@@ -14,7 +14,9 @@ else the run's val split; it is prepared (resampled, loudness-normalised) like t
 One table compares, side by side, `--takes` generated continuations of `--seconds` s (each
 continuing a real `--prime-seconds` prime, `generate_long` as generate.py runs it), the real
 continuations of the same primes, and white noise at the real audio's RMS (the ceiling): beat,
-flatness (`lofibeats.metrics.music`, issue 11), DC, RMS and the sanity verdicts. Below it, the
+flatness (`lofibeats.metrics.music`, issue 11); repeat, loop and copy span (how much of each
+clip copies its prime and its own past, at what lag, for how long:
+`lofibeats.metrics.repetition`); DC, RMS and the sanity verdicts. Below it, the
 model's bits/sample of `--windows` held-out windows given 64 ms, 1 s and 4 s of past
 (`lofibeats.metrics.context_nll`) and eval.py's teacher-forced held-out bits/sample. A spectrogram
 of the first prime and its continuation (`take0.png`) and the report (`quality.md`) go to the
@@ -130,9 +132,10 @@ def pairs_tensors(pairs: ValWindows) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([p for p, _ in items]), torch.stack([n for _, n in items])
 
 
-def set_row(name: str, clips: np.ndarray, sr: int) -> str:
-    """One markdown row: means over clips of beat, flatness, DC, RMS; max |DC|; verdicts."""
-    stats = [music_stats(c, sr) for c in clips]
+def set_row(name: str, clips: np.ndarray, primes: np.ndarray, sr: int) -> str:
+    """One markdown row: means over clips (each continuing its prime) of beat, flatness, repeat,
+    loop, copy span, DC, RMS; max |DC|; verdicts."""
+    stats = [music_stats(c, sr, p) for c, p in zip(clips, primes, strict=True)]
 
     def mean(key: str) -> float:
         return float(np.mean([s[key] for s in stats]))
@@ -141,7 +144,8 @@ def set_row(name: str, clips: np.ndarray, sr: int) -> str:
     worst_dc = max(abs(float(s["dc_offset"])) for s in stats)
     counts = ", ".join(f"{v} {n}/{len(stats)}" for v, n in sorted(verdicts.items()))
     return (
-        f"| {name} | {mean('beat'):.3f} | {mean('flatness'):.4f} | {mean('dc_offset'):+.4f} "
+        f"| {name} | {mean('beat'):.3f} | {mean('flatness'):.4f} | {mean('repeat'):.3f} "
+        f"| {mean('loop'):.2f} | {mean('copy_span'):.2f} | {mean('dc_offset'):+.4f} "
         f"| {worst_dc:.4f} | {mean('rms'):.4f} | {counts} |"
     )
 
@@ -219,11 +223,12 @@ def main() -> None:
         f"{sampling}, carry={carry}, seed {args.seed}; generated in {gen_wall:.0f} s "
         f"(RTF {args.takes * args.seconds / gen_wall:.2f}x for all takes)",
         "",
-        "| audio | beat | flatness | DC | max abs DC | RMS | verdicts |",
-        "|---|---|---|---|---|---|---|",
-        set_row("generated", generated.numpy(), sr),
-        set_row("real", real.numpy(), sr),
-        set_row("white noise", noise, sr),
+        "| audio | beat | flatness | repeat | loop s | copy span s | DC | max abs DC | RMS "
+        "| verdicts |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        set_row("generated", generated.numpy(), primes.numpy(), sr),
+        set_row("real", real.numpy(), primes.numpy(), sr),
+        set_row("white noise", noise, primes.numpy(), sr),
         "",
         *nll_lines(module, audio, args.windows),
         f"spectrogram of prime 0 and its continuation: {out / 'take0.png'}",

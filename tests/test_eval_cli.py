@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from lofibeats.commands.evaluate import evaluate, teacher_forced
+from lofibeats.commands.evaluate import MUSIC_KEYS, evaluate, teacher_forced
 from lofibeats.errors import ConfigError
 from lofibeats.models.seq2seq import Seq2SeqModule
 
@@ -104,11 +104,15 @@ def test_eval_entry_point_exits_1_with_one_line(
     assert len(err.splitlines()) == 1 and err.startswith("error:") and "no such folder" in err
 
 
-def test_eval_reports_beat_flatness_and_nll_by_context(
-    make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path
+def test_eval_reports_music_measures_and_nll_by_context(
+    make_cfg: Callable[..., DictConfig],
+    ckpt: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """Generated, real and white noise side by side; the NLL of the same windows given 64 ms,
-    1 s and 4 s of past where the audio is long enough, a note where it is not."""
+    """Beat, flatness and repetition of generated, real and white noise side by side; the NLL
+    of the same windows given 64 ms, 1 s and 4 s of past where the audio is long enough, a note
+    where it is not."""
     long_dir = write_tracks(tmp_path / "long", count=2, seconds=5.0)
     args = ["progress=false", "n=2", "seconds=1", "prime_seconds=0.05", "data.val_windows=4"]
     cfg = make_cfg(
@@ -117,8 +121,13 @@ def test_eval_reports_beat_flatness_and_nll_by_context(
     result = evaluate(cfg)
     music = result["music"]
     assert set(music) == {"generated", "real", "white_noise"}
+    assert all(set(music[k]) == {*MUSIC_KEYS, "max_abs_dc"} for k in music)
     assert music["white_noise"]["flatness"] > 0.3 > music["real"]["flatness"]  # tones vs noise
     assert all(0.0 <= music[k]["beat"] <= 1.0 for k in music)
+    assert music["white_noise"]["repeat"] < 0.2 < music["real"]["repeat"]  # a tone repeats
+    assert all(0.1 <= music[k]["loop"] <= 4.0 for k in music)
+    table = capsys.readouterr().out
+    assert all(row in table for row in ("beat (music_stats)", "repeat (1 = a replay)", "copy span"))
     by_context = result["nll_by_context"]
     assert by_context["windows"] == 2 and list(by_context["bits_per_sample"]) == [
         "0.064s",

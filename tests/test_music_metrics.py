@@ -99,7 +99,7 @@ def test_short_clips_are_one_segment_and_too_short_is_an_error() -> None:
     assert band_flatness(noise(seconds=0.01), SR) > 0.3  # shorter than a frame: zero-padded
 
 
-def test_music_stats_adds_beat_and_flatness_to_the_sanity_stats() -> None:
+def test_music_stats_adds_the_music_measures_to_the_sanity_stats() -> None:
     x = noise() + 0.05
     stats = music_stats(x, SR)
     assert stats["dc_offset"] == pytest.approx(0.05, abs=0.005)
@@ -107,3 +107,4 @@ def test_music_stats_adds_beat_and_flatness_to_the_sanity_stats() -> None:
     assert stats["flatness"] == band_flatness(x, SR)
     assert stats["verdict"] == "noise"
     assert {"rms", "peak", "clip_rate", "spectral_flatness"} <= set(stats)
+    assert {"repeat", "loop", "copy_span"} <= set(stats)  # tests/test_repetition.py

@@ -10,7 +10,9 @@ Two kinds of numbers:
   the Frechet log-mel distance to the real continuations of the same primes, shown between a
   floor (real vs real: the first half of the real clips against the second half) and a ceiling
   (white noise at the real clips' loudness vs real), and the measures that tell music from noise
-  (beat, flatness; `lofibeats.metrics.music`) for generated, real and white noise side by side.
+  (beat, flatness; `lofibeats.metrics.music`) and from a replay of its past (repeat, loop, copy
+  span, with the prime as past; `lofibeats.metrics.repetition`) for generated, real and white
+  noise side by side.
 * the NLL of the same target windows given 64 ms, 1 s and 4 s of past (`context_windows` of them).
 
 The clips are generated with the same inference knobs as `generate.py` (conf/inference).
@@ -128,8 +130,9 @@ def generated_vs_real(
     engine: str,
     carry: str,
     options: dict[str, Any],
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """Continue each window's prev; return (generated [n, T], real continuations [n, T], RTF)."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Continue each window's prev; return (generated [n, T], real continuations [n, T], the
+    primes [n, P], RTF)."""
     primes = torch.stack([pairs[i][0] for i in range(len(pairs))])
     real = torch.stack([pairs[i][1] for i in range(len(pairs))]).numpy()
     started = time.perf_counter()
@@ -145,7 +148,7 @@ def generated_vs_real(
         **options,
     )
     rtf = real.shape[1] / module.sample_rate / (time.perf_counter() - started)
-    return generated.cpu().numpy(), real, rtf
+    return generated.cpu().numpy(), real, primes.numpy(), rtf
 
 
 def white_noise_like(real: np.ndarray, seed: int) -> np.ndarray:
@@ -159,11 +162,15 @@ def white_noise_like(real: np.ndarray, seed: int) -> np.ndarray:
     )
 
 
+MUSIC_KEYS = ("beat", "flatness", "repeat", "loop", "copy_span")
+
+
 def music_block(
-    generated: np.ndarray, real: np.ndarray, sr: int, seed: int
+    generated: np.ndarray, real: np.ndarray, primes: np.ndarray, sr: int, seed: int
 ) -> dict[str, dict[str, float]] | None:
-    """Beat and flatness (`lofibeats.metrics.music`) and DC of the generated clips, the real
-    continuations and white noise, each averaged over the clips; None for clips under 1 s."""
+    """`music_stats`' `MUSIC_KEYS` (each clip continuing its prime) and DC of the generated
+    clips, the real continuations and white noise, each averaged over the clips; None for clips
+    under 1 s."""
     if real.shape[1] < sr:
         return None
     block = {}
@@ -172,8 +179,8 @@ def music_block(
         ("real", real),
         ("white_noise", white_noise_like(real, seed)),
     ):
-        stats = [music_stats(clip, sr) for clip in clips]
-        block[name] = {key: float(np.mean([s[key] for s in stats])) for key in ("beat", "flatness")}
+        stats = [music_stats(clip, sr, prime) for clip, prime in zip(clips, primes, strict=True)]
+        block[name] = {key: float(np.mean([s[key] for s in stats])) for key in MUSIC_KEYS}
         block[name]["max_abs_dc"] = float(max(abs(s["dc_offset"]) for s in stats))
     return block
 
@@ -257,7 +264,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pairs = audio.windows(n, prime_len, gen_len, "lower seconds or prime_seconds")
     engine = str(cfg.get("engine") or "auto")
     carry = carry_for(cfg, module, data)
-    generated, real, rtf = generated_vs_real(
+    generated, real, primes, rtf = generated_vs_real(
         module,
         pairs,
         sampling=sampling,
@@ -307,7 +314,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "per_clip": per_clip,
         },
         "frechet_logmel": frechet_block(generated, real, sr, seed),
-        "music": music_block(generated, real, sr, seed),
+        "music": music_block(generated, real, primes, sr, seed),
         "nll_by_context": nll_by_context(module, audio, context_windows),
     }
     out_dir = Path(str(cfg.out_dir))
@@ -352,11 +359,18 @@ def result_table(result: dict[str, Any]) -> Table:
     table.add_row("verdicts", ", ".join(f"{k} {v}" for k, v in sorted(gen["verdicts"].items())), "")
     music = result["music"]
     if music is not None:
-        for key, what in (("beat", "beat"), ("flatness", "flatness 0.1-4 kHz")):
+        for key, what, spec in (
+            ("beat", "beat", ".4f"),
+            ("flatness", "flatness 0.1-4 kHz", ".4f"),
+            ("repeat", "repeat (1 = a replay)", ".4f"),
+            ("loop", "loop, s", ".2f"),
+            ("copy_span", "copy span, s", ".2f"),
+        ):
             table.add_row(
                 f"{what} (music_stats)",
-                _fmt(music["generated"][key]),
-                f"real {_fmt(music['real'][key])} / noise {_fmt(music['white_noise'][key])}",
+                _fmt(music["generated"][key], spec),
+                f"real {_fmt(music['real'][key], spec)} / noise "
+                + _fmt(music["white_noise"][key], spec),
             )
     by_context = result["nll_by_context"]
     if "bits_per_sample" in by_context:

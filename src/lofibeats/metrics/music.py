@@ -17,6 +17,10 @@ Both work at any sample rate; the lags and segments are in seconds, converted wi
 frame rate (sr / round(sr / 100)). The 40 mel bands span 0 to sr / 2, so compare beats at one
 rate (issue 11's figures are at 16 kHz): a built-in track reads 0.63 at 16 kHz but 0.45 at
 44.1 kHz, where more of the bands hold only the hiss above its low-pass.
+
+Neither tells music from a replay of itself (a looped 0.2-s fragment has a steadier beat than
+the music it came from): `lofibeats.metrics.repetition` measures that, and `music_stats`
+reports all of them.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import math
 import numpy as np
 
 from lofibeats.audio.spectrogram import log_mel_spectrogram
-from lofibeats.metrics.sanity import audio_sanity
+from lofibeats.metrics.repetition import repetition
+from lofibeats.metrics.sanity import as_signal, audio_sanity
 
 ONSET_MELS = 40
 ONSET_RATE = 100  # onset envelope frames per second
@@ -46,20 +51,13 @@ _AMIN = 1e-20  # power floor inside the logarithm
 _SILENT_FRAME_RMS = 1e-5  # frames below -100 dBFS have no spectral shape and are left out
 
 
-def _signal(x: np.ndarray, name: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 1 or x.size == 0:
-        raise ValueError(f"{name} expects a non-empty 1-D signal, got shape {x.shape}")
-    return x
-
-
 def onset_envelope(x: np.ndarray, sr: int) -> tuple[np.ndarray, float]:
     """(half-wave rectified log-mel flux per frame, frames per second).
 
     The frames whose STFT window reaches past either end of `x` (zero-padded there) are dropped:
     the step from padding to sound would read as an onset at the edges of every clip.
     """
-    x = _signal(x, "onset_envelope")
+    x = as_signal(x, "onset_envelope")
     hop = max(1, round(sr / ONSET_RATE))
     n_fft = 1 << (max(2, round(ONSET_WINDOW_SECONDS * sr)) - 1).bit_length()
     db = log_mel_spectrogram(x.astype(np.float32), sr, n_mels=ONSET_MELS, n_fft=n_fft, hop=hop)
@@ -87,7 +85,7 @@ def beat_strength(x: np.ndarray, sr: int) -> float:
     whose autocorrelation still averages over half the segment); below `MIN_BEAT_SECONDS` it is
     a ValueError. A segment without onsets (silence, a steady tone: `MIN_ONSET_STD_DB`) scores 0.
     """
-    x = _signal(x, "beat_strength")
+    x = as_signal(x, "beat_strength")
     if x.size < MIN_BEAT_SECONDS * sr:
         raise ValueError(
             f"beat_strength needs at least {MIN_BEAT_SECONDS:g} s of audio, got {x.size / sr:.3f} s"
@@ -112,7 +110,7 @@ def band_flatness(x: np.ndarray, sr: int) -> float:
     A clip shorter than one frame is zero-padded to one; frames below -100 dBFS are left out and
     all-silent audio gives 0.
     """
-    x = _signal(x, "band_flatness")
+    x = as_signal(x, "band_flatness")
     frame = max(2, round(FLATNESS_FRAME_SECONDS * sr))
     if x.size < frame:
         x = np.pad(x, (0, frame - x.size))
@@ -128,10 +126,17 @@ def band_flatness(x: np.ndarray, sr: int) -> float:
     return float(np.median(flatness))
 
 
-def music_stats(x: np.ndarray, sr: int) -> dict[str, float | str]:
-    """`audio_sanity`'s statistics (rms, dc_offset, verdict, ...) plus "beat" and "flatness".
+def music_stats(x: np.ndarray, sr: int, past: np.ndarray | None = None) -> dict[str, float | str]:
+    """`audio_sanity`'s statistics (rms, dc_offset, verdict, ...) plus "beat", "flatness" and
+    `repetition`'s "repeat", "loop" and "copy_span" (how much of `x` copies what came before
+    it: its own earlier audio and `past`, the audio it continues, if given).
 
     "flatness" is this module's band-limited median; sanity's "spectral_flatness" (full band,
     mean, 32-ms frames) stays what its noise verdict is judged on.
     """
-    return {**audio_sanity(x, sr), "beat": beat_strength(x, sr), "flatness": band_flatness(x, sr)}
+    return {
+        **audio_sanity(x, sr),
+        "beat": beat_strength(x, sr),
+        "flatness": band_flatness(x, sr),
+        **repetition(x, sr, past),
+    }

@@ -25,6 +25,14 @@ _ACTIVE_RMS = 1e-5  # frames quieter than this (-100 dBFS) are left out of the f
 VERDICTS = ("silent", "dc", "clipped", "noise", "ok")
 
 
+def as_signal(x: np.ndarray, name: str) -> np.ndarray:
+    """`x` as float64, or a ValueError naming `name` unless it is a non-empty 1-D signal."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 1 or x.size == 0:
+        raise ValueError(f"{name} expects a non-empty 1-D signal, got shape {x.shape}")
+    return x
+
+
 def _frames(x: np.ndarray, frame: int, hop: int) -> np.ndarray:
     """[n_frames, frame] views of `x`; a signal shorter than one frame is zero-padded to one."""
     if x.size < frame:
