@@ -42,6 +42,9 @@ REPEAT_LAGS_SECONDS = (0.1, 4.0)  # a stutter's fragment up to the lookback's fa
 TIE = 0.01  # lags whose match is within this share of the best one count as the best
 SAME_LAG_SECONDS = 0.01  # neighbouring stretches whose best lags are this close: one copy
 _SILENT_RMS = 1e-5  # -100 dBFS
+# stretches matched in one FFT: bounds memory (each holds 4 s + a window of samples, 1.2 MB at
+# 16 kHz, times the FFT's padding) however long the clip is
+_STRETCHES_PER_FFT = 32
 
 
 def repetition(x: np.ndarray, sr: int, past: np.ndarray | None = None) -> dict[str, float]:
@@ -68,18 +71,11 @@ def repetition(x: np.ndarray, sr: int, past: np.ndarray | None = None) -> dict[s
         return {"repeat": 0.0, "loop": 0.0, "copy_span": 0.0}
     # x with max_lag samples before it (the past, then silence), so stretch s spans [s, s + S)
     signal = np.concatenate([np.zeros(max_lag - before.size, np.float32), before, x])
-    spans = signal[starts[:, None] + np.arange(max_lag + window)]
-    scores = match_scores(torch.from_numpy(spans), min_lag, max_lag, window).numpy()
-    lags = max_lag - np.arange(scores.shape[1])  # of the columns, in samples
-    scores = np.where(lags[None] <= (starts + before.size)[:, None], scores, -np.inf)
-    best = scores.max(axis=1)
-    # the near-best peaks (lags of a smooth signal next to a peak are near-best too)
-    edge = np.full((len(starts), 1), -np.inf, scores.dtype)
-    peak = (scores >= np.hstack([edge, scores[:, :-1]])) & (
-        scores >= np.hstack([scores[:, 1:], edge])
-    )
-    near = peak & (scores >= (best - TIE * np.abs(best))[:, None])
-    loops = lags[scores.shape[1] - 1 - np.argmax(near[:, ::-1], axis=1)] / sr  # the shortest
+    blocks = [
+        _best_matches(signal, block, before.size, min_lag, max_lag, window, sr)
+        for block in np.array_split(starts, math.ceil(starts.size / _STRETCHES_PER_FFT))
+    ]
+    best, loops = (np.concatenate(parts) for parts in zip(*blocks, strict=True))
     joined = (np.diff(starts) == hop) & (np.abs(np.diff(loops)) <= SAME_LAG_SECONDS)
     run = np.concatenate([[0], np.cumsum(~joined)])  # which run each stretch belongs to
     run_hops = np.bincount(run)[run] - 1
@@ -88,3 +84,29 @@ def repetition(x: np.ndarray, sr: int, past: np.ndarray | None = None) -> dict[s
         "loop": float(np.median(loops)),
         "copy_span": float(np.median(run_hops) * hop + window) / sr,
     }
+
+
+def _best_matches(
+    signal: np.ndarray,
+    starts: np.ndarray,
+    offset: int,
+    min_lag: int,
+    max_lag: int,
+    window: int,
+    sr: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(best match, its loop in seconds) of the stretches at `starts` (in the clip, which
+    begins `max_lag` samples into `signal` and `offset` samples after the past's start)."""
+    spans = signal[starts[:, None] + np.arange(max_lag + window)]
+    scores = match_scores(torch.from_numpy(spans), min_lag, max_lag, window).numpy()
+    lags = max_lag - np.arange(scores.shape[1])  # of the columns, in samples
+    scores = np.where(lags[None] <= (starts + offset)[:, None], scores, -np.inf)
+    best = scores.max(axis=1)
+    # the near-best peaks (lags of a smooth signal next to a peak are near-best too)
+    edge = np.full((len(starts), 1), -np.inf, scores.dtype)
+    peak = (scores >= np.hstack([edge, scores[:, :-1]])) & (
+        scores >= np.hstack([scores[:, 1:], edge])
+    )
+    near = peak & (scores >= (best - TIE * np.abs(best))[:, None])
+    loops = lags[scores.shape[1] - 1 - np.argmax(near[:, ::-1], axis=1)] / sr  # the shortest
+    return best, loops
