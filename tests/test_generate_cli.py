@@ -200,6 +200,23 @@ def test_cli_subprocess_end_to_end(ckpt: Path, tmp_path: Path) -> None:
     assert "take_00" in result.stdout
 
 
+def test_the_table_says_whether_a_take_replays_its_prime(
+    make_cfg: Callable[..., DictConfig], tmp_path: Path, capsys
+) -> None:
+    """repeat / copy span (lofibeats.metrics.repetition) per take: a looping lookback model
+    replays its prime (repeat ~1 over the whole take); the untrained model alone makes noise."""
+    lookback = save_checkpoint(tmp_path / "lookback.ckpt", Seq2SeqModule(**LOOKBACK))
+    prime = tmp_path / "prime.wav"
+    sf.write(prime, sine(440, 0.3, 0.5, SR) * (1 + np.sin(np.arange(SR // 2) / 300)), SR)
+    looped, _ = _generate(make_cfg, f"ckpt={lookback}", f"prime={prime}", "seconds=1.5")
+    assert "copy span" in capsys.readouterr().out
+    alone, _ = _generate(make_cfg, f"ckpt={lookback}", f"prime={prime}", "seconds=1.5", "loop=0")
+    for row in looped:
+        assert row["repeat"] > 0.95 and row["copy_span"] >= 1.0, row
+    for row in alone:
+        assert row["repeat"] < 0.5 and row["beat"] is not None, row
+
+
 def test_a_lookback_model_loops_by_default_and_sampling_loop_is_refused_without_one(
     make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path, capsys
 ) -> None:

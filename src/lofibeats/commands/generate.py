@@ -12,6 +12,7 @@ import numpy as np
 import soundfile as sf
 import torch
 from omegaconf import DictConfig
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -31,6 +32,7 @@ from lofibeats.generation.engine import check_sampling, describe
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.prime import pad_to_context, read_prime
 from lofibeats.generation.style import style_path
+from lofibeats.metrics.music import MIN_BEAT_SECONDS, music_stats
 from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.base import LofiModule
 from lofibeats.models.decoding import has_lookback
@@ -187,23 +189,38 @@ def write_take(take: Take, out_dir: Path, rtf: float) -> dict[str, Any]:
     save_spectrogram_png(
         take.audio, take.sr, out_dir / f"{stem}.png", title=title, split_at=split_at
     )
-    stats = audio_sanity(take.audio[take.prime_len :], take.sr)
+    continuation = take.audio[take.prime_len :]
+    if continuation.size >= MIN_BEAT_SECONDS * take.sr:
+        prime = take.audio[: take.prime_len] if take.prime_len else None
+        stats = music_stats(continuation, take.sr, past=prime)
+    else:  # too short for a beat: the table shows "-"
+        stats = {**audio_sanity(continuation, take.sr), **dict.fromkeys(MUSIC_KEYS)}
     return {"take": stem, "rtf": rtf, **stats}
 
 
+MUSIC_KEYS = ("beat", "repeat", "copy_span")  # the table's music columns (None: take too short)
+
+
 def stats_table(rows: list[dict[str, Any]], title: str) -> Table:
-    table = Table(title=title)
-    for column in ("take", "seconds", "RTF", "rms", "dc", "clip rate", "flatness", "verdict"):
-        table.add_column(column, justify="left" if column in ("take", "verdict") else "right")
+    """One row per take: sanity stats, then beat and how much of it copies its prime and its own
+    past (`lofibeats.metrics.music`: repeat 1.00 with a copy span of the whole take is a replay).
+    Length and real-time factor are the same for every take (the line above the table has them);
+    clipping shows in the verdict."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)  # fits 80 columns
+    columns = ("take", "rms", "dc", "flatness", "beat", "repeat", "copy span", "verdict")
+    for column in columns:
+        left = column in ("take", "verdict")
+        table.add_column(column, justify="left" if left else "right", min_width=len(column))
     for row in rows:
         table.add_row(
             row["take"],
-            f"{row['seconds']:.2f}",
-            f"{row['rtf']:.2f}x",
-            f"{row['rms']:.4f}",
-            f"{row['dc_offset']:+.4f}",
-            f"{row['clip_rate']:.2%}",
+            f"{row['rms']:.3f}",
+            f"{row['dc_offset']:+.3f}",
             f"{row['spectral_flatness']:.3f}",
+            *(
+                "-" if row[key] is None else shown.format(row[key])
+                for key, shown in zip(MUSIC_KEYS, ("{:.2f}", "{:.2f}", "{:.1f} s"), strict=True)
+            ),
             row["verdict"],
         )
     return table
