@@ -16,7 +16,8 @@ as the yardstick for what one core sustains.
 1. decode: the per-sample loop alone, from an encoded state (`net.start`, timed once beside).
    The naive loop is what one writes first: per sample, `nn.LSTM` on a length-1 sequence, a
    softmax, `torch.multinomial`. The reference is `ReferenceBackend.decode` (the decoder's step +
-   head.sample per sample); the engine rows are `FusedBackend.decode` on the same `DecodeStart`.
+   head.sample per sample); the engine rows are `FusedBackend.decode` on the same `DecodeStart`
+   ("fp16": with the decoder's and head's weights stored as float16, `fused.PRECISIONS`).
    FLOPs count the model's own work per sample (LSTM matmuls + head, ~1.7 MFLOP for 2 x 256).
 2. long-form: `generate_long` as generate.py runs it, `--chunks` chunks per stream. Every chunk
    re-encodes the 2048-sample context, so FLOPs per sample add 2048/512 = 4 encoder steps.
@@ -33,7 +34,9 @@ from collections.abc import Callable
 import torch
 
 from lofibeats.audio.mulaw import dequantize, quantize
+from lofibeats.generation.backend_c import CBackend
 from lofibeats.generation.engine import FusedBackend
+from lofibeats.generation.fused import fuse_head, fuse_lstm
 from lofibeats.generation.kernel import load_kernel
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.reference import ReferenceBackend
@@ -60,6 +63,16 @@ def naive_decode(module: Seq2SeqModule, state, token: torch.Tensor, n: int, seed
 
 
 @torch.inference_mode()
+def half_backend(module: Seq2SeqModule, lib) -> FusedBackend:
+    """`FusedBackend` on the C kernel with float16 weights (the engine builds float32 ones)."""
+    weights = module.net.decoder_weights()
+    backend = FusedBackend(weights, lib)
+    lstm, embed = weights.decoder.lstm, weights.embed
+    decoder = fuse_lstm(lstm, embed, weights.decoder.cond_dim, "float16")
+    backend.impl = CBackend(lib, decoder, fuse_head(weights.head, "float16"))
+    return backend
+
+
 def naive_generate(module: Seq2SeqModule, prime: torch.Tensor, n_samples: int) -> torch.Tensor:
     """The long-form baseline: chunk by chunk like generate_long, re-encoding the context."""
     history, pieces, produced = prime, [], 0
@@ -172,12 +185,13 @@ def main() -> None:
     ).eval()
     net = module.net
     weights = net.decoder_weights()
-    fused_c = fused_t = None
+    fused_c = fused_h = fused_t = None
     if args.backend in ("c", "both"):
         lib = load_kernel()
         if lib is None:
             sys.exit("--backend c: the C kernel is unavailable here (no compiler?); use torch")
         fused_c = FusedBackend(weights, lib)
+        fused_h = half_backend(module, lib)
     if args.backend in ("torch", "both"):
         fused_t = FusedBackend(weights, None)
     reference = ReferenceBackend(weights)
@@ -232,6 +246,7 @@ def main() -> None:
         for b in args.streams:
             n = max(256, 4096 // b)
             decode.append(Variant("fused, C kernel", b, n, backend_decode(fused_c, b, n)))
+            decode.append(Variant("fused, C kernel fp16", b, n, backend_decode(fused_h, b, n)))
     timed(decode, args.repeats)
     report("1. decode: the per-sample loop from net.start's state", decode, step, matvec)
 

@@ -19,7 +19,8 @@ carry=state ran before the fused encoder), `state/fp16` (carry=state with the fu
 encoder's weights stored as float16, `fused.PRECISIONS`: half the bytes per step, float32 sums;
 its bare fused decode is printed too), and `carry=window` (every chunk re-encodes the last
 `context_len` samples). Printed per minute of audio: the real-time factor (audio seconds per
-wall second) and the process's resident memory; then minute N's cost per sample against minute
+wall second; "CPU RTF" per second of this process's CPU time, what an unshared core would give
+on a busy machine) and the process's resident memory; then minute N's cost per sample against minute
 1's (flat = 1.00) and the streamed rate against the baseline measured in the same run: the bare
 fused decode of one chunk after another from one encoded state (`backend.decode`, no encoder,
 no stream bookkeeping).
@@ -106,8 +107,10 @@ def bare_decode_rate(
     return done / (time.perf_counter() - began)
 
 
-def minutes_of(module: Seq2SeqModule, carry: str, minutes: float) -> list[tuple[float, float]]:
-    """(RTF, RSS MB) of each minute of one streamed take; carry "state/torch" is carry=state
+def minutes_of(
+    module: Seq2SeqModule, carry: str, minutes: float
+) -> list[tuple[float, float, float]]:
+    """(RTF, RTF per CPU second, RSS MB) of each minute of one streamed take; carry "state/torch" is carry=state
     with the family's torch encoder instead of the fused one, "state/fp16" with the fused
     decoder and encoder at float16 weights."""
     sr = module.sample_rate
@@ -120,10 +123,11 @@ def minutes_of(module: Seq2SeqModule, carry: str, minutes: float) -> list[tuple[
     piece, per_minute = round(READ_S * sr), round(60 * sr)
     rows = []
     for _ in range(max(1, round(minutes))):
-        began, done = time.perf_counter(), 0
+        began, began_cpu, done = time.perf_counter(), time.process_time(), 0
         while done < per_minute:
             done += stream.read(min(piece, per_minute - done)).shape[1]
-        rows.append((60.0 / (time.perf_counter() - began), rss_mb()))
+        wall, cpu = time.perf_counter() - began, time.process_time() - began_cpu
+        rows.append((60.0 / wall, 60.0 / max(cpu, 1e-9), rss_mb()))
     return rows
 
 
@@ -156,7 +160,7 @@ def main() -> None:
             half = bare_decode_rate(module, seconds=5.0, precision="float16")
             print(f"{name}: bare {engine} decode, float16 weights {half / args.sr:.2f}x real time")
         print(
-            f"{'carry':11} {'minute':>6} {'RTF':>7} {'RSS MB':>8} {'cost vs min 1':>14} {'vs baseline':>12}"
+            f"{'carry':11} {'minute':>6} {'RTF':>7} {'CPU RTF':>8} {'RSS MB':>8} {'cost vs min 1':>14} {'vs baseline':>12}"
         )
         carries = (
             ("state", "window") if config else ("state", "state/fp16", "state/torch", "window")
@@ -164,9 +168,9 @@ def main() -> None:
         for carry in carries:
             rows = minutes_of(module, carry, args.minutes)
             first = rows[0][0]
-            for minute, (rtf, rss) in enumerate(rows, start=1):
+            for minute, (rtf, cpu_rtf, rss) in enumerate(rows, start=1):
                 print(
-                    f"{carry:11} {minute:>6} {rtf:>6.2f}x {rss:>8.0f} {first / rtf:>14.2f} "
+                    f"{carry:11} {minute:>6} {rtf:>6.2f}x {cpu_rtf:>7.2f}x {rss:>8.0f} {first / rtf:>14.2f} "
                     f"{rtf * args.sr / baseline:>12.2f}"
                 )
 
