@@ -6,7 +6,8 @@ calls; frame models run one decoder step per frame and `FrameSampler`'s per-samp
 lookback, each frame step first recalls from the frames before it: `LookbackReader`).
 Random draws come from `generator` in a fixed order (one [B] uniform vector per sample for the
 sample-level head; `FrameSampler`'s up-front draws for frame models), which the fused backends
-reproduce.
+reproduce. A fused decode with float16 weights (`fused.PRECISIONS`) has as its oracle this
+backend on the weights of `fused.round_net(net, "float16")` (tests/test_fused_speedpath.py).
 """
 
 from __future__ import annotations
