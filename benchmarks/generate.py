@@ -34,9 +34,7 @@ from collections.abc import Callable
 import torch
 
 from lofibeats.audio.mulaw import dequantize, quantize
-from lofibeats.generation.backend_c import CBackend
 from lofibeats.generation.engine import FusedBackend
-from lofibeats.generation.fused import fuse_head, fuse_lstm
 from lofibeats.generation.kernel import load_kernel
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.reference import ReferenceBackend
@@ -63,16 +61,6 @@ def naive_decode(module: Seq2SeqModule, state, token: torch.Tensor, n: int, seed
 
 
 @torch.inference_mode()
-def half_backend(module: Seq2SeqModule, lib) -> FusedBackend:
-    """`FusedBackend` on the C kernel with float16 weights (the engine builds float32 ones)."""
-    weights = module.net.decoder_weights()
-    backend = FusedBackend(weights, lib)
-    lstm, embed = weights.decoder.lstm, weights.embed
-    decoder = fuse_lstm(lstm, embed, weights.decoder.cond_dim, "float16")
-    backend.impl = CBackend(lib, decoder, fuse_head(weights.head, "float16"))
-    return backend
-
-
 def naive_generate(module: Seq2SeqModule, prime: torch.Tensor, n_samples: int) -> torch.Tensor:
     """The long-form baseline: chunk by chunk like generate_long, re-encoding the context."""
     history, pieces, produced = prime, [], 0
@@ -191,7 +179,7 @@ def main() -> None:
         if lib is None:
             sys.exit("--backend c: the C kernel is unavailable here (no compiler?); use torch")
         fused_c = FusedBackend(weights, lib)
-        fused_h = half_backend(module, lib)
+        fused_h = FusedBackend(module.net.decoder_weights(), lib, "float16")
     if args.backend in ("torch", "both"):
         fused_t = FusedBackend(weights, None)
     reference = ReferenceBackend(weights)

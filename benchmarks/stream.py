@@ -35,9 +35,6 @@ from pathlib import Path
 
 import torch
 
-from lofibeats.generation.backend_c import CBackend, CEncoder
-from lofibeats.generation.fused import fuse_head, fuse_lstm
-from lofibeats.generation.kernel import load_kernel
 from lofibeats.generation.stream import Stream
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
@@ -74,29 +71,14 @@ def build(sr: int, config: dict) -> Seq2SeqModule:
     return Seq2SeqModule(sr=sr, next_len=1024, hidden=256, layers=2, **config).eval()
 
 
-def at_precision(stream: Stream, precision: str) -> Stream:
-    """`stream` with its fused decoder and encoder rebuilt at weight `precision` (the engine
-    itself builds them at float32: `engine.FusedBackend` and `encoder_for` take no precision)."""
-    if precision == "float32":
-        return stream
-    lib, net = load_kernel(), stream.module.net
-    if lib is None or stream.encoder is None:
-        raise SystemExit(f"weights {precision}: needs the C kernel and a sample-level model")
-    weights, encoder = net.decoder_weights(), net.encoder_weights()
-    decoder = fuse_lstm(weights.decoder.lstm, weights.embed, weights.decoder.cond_dim, precision)
-    backend = stream.continuation.backend
-    backend.impl = CBackend(lib, decoder, fuse_head(weights.head, precision))
-    stream.encoder = CEncoder(lib, fuse_lstm(encoder.lstm, encoder.embed, precision=precision))
-    return stream
-
-
 def bare_decode_rate(
     module: Seq2SeqModule, seconds: float, engine: str = "auto", precision: str = "float32"
 ) -> float:
     """Samples/s of the stream's backend alone (the one `engine` picks, its weights at
     `precision`), chunk after chunk from one encoded state."""
-    stream = Stream(module, torch.zeros(1, module.context_len), carry="state", engine=engine)
-    backend, net = at_precision(stream, precision).continuation.backend, module.net
+    prime = torch.zeros(1, module.context_len)
+    stream = Stream(module, prime, carry="state", engine=engine, precision=precision)
+    backend, net = stream.continuation.backend, module.net
     start = net.start(stream.history, module.chunk_len)
     n, done = module.chunk_len, 0
     began = time.perf_counter()
@@ -115,11 +97,12 @@ def minutes_of(
     decoder and encoder at float16 weights."""
     sr = module.sample_rate
     prime = 0.1 * torch.sin(torch.arange(module.context_len) * 0.05)[None]
-    stream = Stream(module, prime, sampling=Sampling(0.9), carry=carry.split("/")[0])
+    precision = "float16" if carry == "state/fp16" else "float32"
+    stream = Stream(
+        module, prime, sampling=Sampling(0.9), carry=carry.split("/")[0], precision=precision
+    )
     if carry == "state/torch":
         stream.encoder = None
-    if carry == "state/fp16":
-        at_precision(stream, "float16")
     piece, per_minute = round(READ_S * sr), round(60 * sr)
     rows = []
     for _ in range(max(1, round(minutes))):

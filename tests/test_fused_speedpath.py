@@ -16,6 +16,7 @@ What is compared, and how:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +35,7 @@ from lofibeats.generation.fused import (
     rounded,
 )
 from lofibeats.generation.reference import ReferenceBackend
+from lofibeats.generation.stream import Stream
 from lofibeats.models.frame_tier import FrameSampler
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.seq2seq import Seq2SeqModule
@@ -222,3 +224,19 @@ def test_precision_is_checked() -> None:
         sampler = FrameSampler(weights.sample_tier, weights.embed, weights.head, weights.copy, 8)
     with pytest.raises(ValueError, match="float32 weights only"):
         CFrameBackend(_lib(), lstm, weights.sample_tier, sampler)
+
+
+def test_a_float16_stream_is_the_reference_stream_of_the_rounded_model() -> None:
+    """End to end through `Stream(precision=...)` (what `weights=float16` sets), chunk after
+    chunk with carry=state: the C decoder and C encoder at float16 against the reference
+    decoder and torch encoder of `round_net`'s copy."""
+    module = _module()
+    rounded_module = copy.deepcopy(module)
+    rounded_module.net = round_net(module.net, "float16")
+    prime, n = _prev(2), 8 * module.chunk_len
+    half = Stream(module, prime, sampling=Sampling(0.9), seed=3, carry="state", precision="float16")
+    assert half.engine == "fused (C kernel), float16 weights"
+    ref = Stream(
+        rounded_module, prime, sampling=Sampling(0.9), seed=3, carry="state", engine="reference"
+    )
+    assert _same_prefix(half.read(n), ref.read(n)) >= 0.99 * n

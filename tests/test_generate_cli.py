@@ -115,6 +115,21 @@ def test_user_errors_are_one_line_lofi_errors(
         _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "+options.temperature=0.5")
     with pytest.raises(ConfigError, match="seconds=-1"):
         _generate(make_cfg, f"ckpt={ckpt}", "seconds=-1")
+    with pytest.raises(ConfigError, match="weights='bf16': choose one of float32, float16"):
+        _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "weights=bf16")
+
+
+def test_float16_weights_decode_and_say_so(
+    make_cfg: Callable[..., DictConfig], ckpt: Path, capsys
+) -> None:
+    """weights=float16 reaches the fused sample-level engine (whose float16 decode
+    tests/test_fused_speedpath.py checks against the reference) and the line above the table
+    names the precision."""
+    rows, out_dir = _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "weights=float16")
+    assert "fused (C kernel), float16 weights engine" in capsys.readouterr().out
+    assert np.abs(sf.read(out_dir / "take_00.wav")[0]).max() > 0
+    _generate(make_cfg, f"ckpt={ckpt}", "prime=none")
+    assert "float16 weights" not in capsys.readouterr().out
 
 
 def test_decoding_knobs_are_top_level_keys(

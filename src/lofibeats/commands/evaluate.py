@@ -51,6 +51,7 @@ from lofibeats.data.shards import ShardStore, Spans
 from lofibeats.data.windows import ValWindows, collate_pairs
 from lofibeats.errors import ConfigError, DataError
 from lofibeats.generation.engine import check_sampling
+from lofibeats.generation.fused import weights_choice
 from lofibeats.generation.longform import generate_long
 from lofibeats.metrics.context_nll import context_nll
 from lofibeats.metrics.frechet import frechet_logmel
@@ -264,6 +265,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     pairs = audio.windows(n, prime_len, gen_len, "lower seconds or prime_seconds")
     engine = str(cfg.get("engine") or "auto")
     carry = carry_for(cfg, module, data)
+    weights = weights_choice(cfg.get("weights"))
     generated, real, primes, rtf = generated_vs_real(
         module,
         pairs,
@@ -272,7 +274,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         progress=progress,
         engine=engine,
         carry=carry,
-        options=options,
+        options={**options, "precision": weights},
     )
     gen_means, verdicts, per_clip = mean_sanity(generated, sr)
     real_means, _, _ = mean_sanity(real, sr)
@@ -305,6 +307,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             "decoding": sampling.decoding,
             "seed": seed,
             "engine": engine,
+            "weights": weights,
             "carry": carry,
             "options": options,
             "rtf": rtf,

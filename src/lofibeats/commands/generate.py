@@ -29,6 +29,7 @@ from lofibeats.commands.inference import (
 )
 from lofibeats.errors import ConfigError
 from lofibeats.generation.engine import check_sampling, describe
+from lofibeats.generation.fused import weights_choice
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.prime import pad_to_context, read_prime
 from lofibeats.generation.style import style_path
@@ -107,6 +108,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     n_samples = max(1, round(seconds * sr))
     options.update(latent_options(cfg, module, prime, n, n_samples, seed, options))
     engine = str(cfg.get("engine") or "auto")
+    weights = weights_choice(cfg.get("weights"))
     started = time.perf_counter()
     continuation = generate_long(
         module,
@@ -117,6 +119,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
         progress=bool(cfg.get("progress", True)),
         batch_size=n,
         engine=engine,
+        precision=weights,
         carry=carry_for(cfg, module, data_cfg),
         **options,
     )
@@ -125,7 +128,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     together = f", {rtf * n:.2f}x for all {n} takes" if n > 1 else ""
     console.print(
         f"generated {n} x {n_samples / sr:.2f} s in {elapsed:.2f} s with the "
-        f"{describe(module, engine)} engine: real-time factor {rtf:.2f}x per take{together}",
+        f"{describe(module, engine, weights)} engine: real-time factor {rtf:.2f}x per take{together}",
         soft_wrap=True,
     )
     continuation = continuation.cpu().numpy()

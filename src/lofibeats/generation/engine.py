@@ -76,18 +76,28 @@ class Backend(Protocol):
 
 class FusedBackend:
     """Sample-level decoding with fused weights, copied at construction (build a new backend
-    after the weights change): in the C kernel when `lib` is given, else in PyTorch."""
+    after the weights change): in the C kernel when `lib` is given, else in PyTorch; the
+    per-step matrices at `precision` (`fused.PRECISIONS`)."""
 
-    def __init__(self, weights: DecoderWeights, lib: ctypes.CDLL | None) -> None:
+    def __init__(
+        self,
+        weights: DecoderWeights,
+        lib: ctypes.CDLL | None,
+        precision: str = "float32",
+    ) -> None:
         if weights.sample_tier is not None:
             raise ValueError("FusedBackend decodes sample-level models; use FusedFrameBackend")
-        head = fuse_head(weights.head)
-        self.decoder = fuse_lstm(weights.decoder.lstm, weights.embed, weights.decoder.cond_dim)
+        head = fuse_head(weights.head, precision)
+        self.decoder = fuse_lstm(
+            weights.decoder.lstm, weights.embed, weights.decoder.cond_dim, precision
+        )
         self.noise_std = head.noise_std
         self.impl: CBackend | TorchBackend = (
             TorchBackend(self.decoder, head) if lib is None else CBackend(lib, self.decoder, head)
         )
         self.name = "fused (torch)" if lib is None else "fused (C kernel)"
+        if precision != "float32":
+            self.name += f", {precision} weights"
 
     def draws(
         self,
@@ -238,7 +248,12 @@ def _frames_of(cond_gates: torch.Tensor | None, first: int, count: int) -> torch
     return cond_gates[:, first : first + count]
 
 
-def encoder_for(net: AutoregressiveNet, engine: str, device: torch.device) -> CEncoder | None:
+def encoder_for(
+    net: AutoregressiveNet,
+    engine: str,
+    device: torch.device,
+    precision: str = "float32",
+) -> CEncoder | None:
     """What moves a stream's encoder state over each generated block: the C kernel unless
     `engine` is "reference", the encoder reads frames (a slow top tier) or the kernel cannot run
     here; None means the family's torch encoder (inside `net.follow`)."""
@@ -246,10 +261,17 @@ def encoder_for(net: AutoregressiveNet, engine: str, device: torch.device) -> CE
     if choice(engine, ENGINES, "engine") == "reference" or weights is None or device.type != "cpu":
         return None
     lib = load_kernel()
-    return None if lib is None else CEncoder(lib, fuse_lstm(weights.lstm, weights.embed))
+    if lib is None:
+        return None
+    return CEncoder(lib, fuse_lstm(weights.lstm, weights.embed, precision=precision))
 
 
-def backend_for(weights: DecoderWeights, engine: str, device: torch.device) -> Backend:
+def backend_for(
+    weights: DecoderWeights,
+    engine: str,
+    device: torch.device,
+    precision: str = "float32",
+) -> Backend:
     """The backend `engine` asks for: "reference", "fused" or "auto" (fused where one runs this
     description; a frame model without the C kernel runs the reference loop)."""
     engine = choice(engine, ENGINES, "engine")
@@ -257,7 +279,7 @@ def backend_for(weights: DecoderWeights, engine: str, device: torch.device) -> B
         return ReferenceBackend(weights)
     lib = load_kernel() if device.type == "cpu" else None
     if weights.sample_tier is None:
-        return FusedBackend(weights, lib)
+        return FusedBackend(weights, lib, precision)
     return ReferenceBackend(weights) if lib is None else FusedFrameBackend(weights, lib)
 
 
@@ -276,13 +298,15 @@ class Continuation:
     """Continue audio with `module`'s network through the backend `engine` picks; built once per
     take (fused backends copy the weights), called chunk after chunk."""
 
-    def __init__(self, module: LofiModule, engine: str = "auto") -> None:
+    def __init__(
+        self, module: LofiModule, engine: str = "auto", precision: str = "float32"
+    ) -> None:
         engine = choice(engine, ENGINES, "engine")
         self.net, self.context_len = module.net, module.context_len
         self.device = module.device
         self.backend: Backend | None = None
         if isinstance(self.net, AutoregressiveNet):
-            self.backend = backend_for(self.net.decoder_weights(), engine, self.device)
+            self.backend = backend_for(self.net.decoder_weights(), engine, self.device, precision)
         elif engine == "fused":
             raise ConfigError(
                 f"engine=fused: the {module.family} model has no fused engine; "
@@ -340,6 +364,6 @@ def continue_audio(
     )
 
 
-def describe(module: LofiModule, engine: str = "auto") -> str:
-    """What `Continuation(module, engine)` runs, for messages."""
-    return Continuation(module, engine).name
+def describe(module: LofiModule, engine: str = "auto", precision: str = "float32") -> str:
+    """What `Continuation(module, engine, precision)` runs, for messages."""
+    return Continuation(module, engine, precision).name

@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from lofibeats.models.heads import Head, MulawHead, RegressionHead
 from lofibeats.models.networks import InputEmbedding
+from lofibeats.validate import choice
 
 PRECISIONS = ("float32", "float16")
 
@@ -45,6 +47,11 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"weight precision {precision!r}: use one of {', '.join(PRECISIONS)}")
     return precision
+
+
+def weights_choice(value: Any, key: str = "weights") -> str:
+    """A config's weight precision (None: float32), or a ConfigError naming `key`."""
+    return choice("float32" if value is None else value, PRECISIONS, key)
 
 
 def rounded(x: torch.Tensor, precision: str) -> torch.Tensor:

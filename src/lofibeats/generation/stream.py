@@ -116,6 +116,7 @@ class Stream:
         crossfade: int | None = None,
         fade: str = "equal_power",
         batch_size: int = 1,
+        precision: str = "float32",
         **options: Any,
     ) -> None:
         self.carry = choice(carry, CARRY, "carry")
@@ -135,7 +136,7 @@ class Stream:
             rows = batch_size if prime is None else prime.shape[0]
             prime = silence_prime(rows, self.context_len, self.generator, device)
         self.history = prime[:, -self.context_len :].to(device=device, dtype=torch.float32)
-        self.continuation = Continuation(module, engine)
+        self.continuation = Continuation(module, engine, precision)
         self.encoder = None  # a fused encoder for carry=state (None: the family's own)
         self.fades = (
             tuple(c.to(device) for c in fade_curves(self.crossfade, fade))
@@ -153,7 +154,7 @@ class Stream:
                 )
             if self.crossfade:
                 raise ConfigError("options.crossfade: carry=state has no seams; use 0")
-            self.encoder = encoder_for(module.net, engine, device)
+            self.encoder = encoder_for(module.net, engine, device, precision)
 
     @property
     def engine(self) -> str:

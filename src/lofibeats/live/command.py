@@ -17,6 +17,7 @@ from rich.console import Console
 
 from lofibeats.cli import quiet_third_party
 from lofibeats.errors import ConfigError
+from lofibeats.generation.fused import weights_choice
 from lofibeats.live.player import PlayerSettings
 from lofibeats.live.server import LiveSettings, bind, create_app, is_loopback, new_shelf
 from lofibeats.models.sampling import AUTO, Sampling, is_auto
@@ -62,6 +63,7 @@ def settings_from(cfg: DictConfig) -> LiveSettings:
         prime=choice(str(live.prime).lower(), PRIMES, "live.prime"),
         style_blend_seconds=number(live.style_blend, "live.style_blend", low=0, high=30),
         engine=str(cfg.get("engine") or "auto"),
+        weights=weights_choice(cfg.get("weights")),
         crossfade=optional_number(options.get("crossfade"), "options.crossfade", kind=int, low=0),
         fade=str(options.get("fade") or "equal_power"),
         decoding=sampling.decoding,

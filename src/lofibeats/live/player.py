@@ -65,6 +65,7 @@ class PlayerSettings:
     prime: str = "val"
     style_blend_seconds: float = 0.5
     engine: str = "auto"
+    weights: str = "float32"  # the fused sample-level weights' precision (`fused.PRECISIONS`)
     crossfade: int | None = None
     fade: str = "equal_power"
     decoding: str = "sample"
@@ -306,6 +307,7 @@ class Player:
             sampling=self._sampling(model),
             seed=seed,
             engine=settings.engine,
+            precision=settings.weights,
             carry=carry,
             crossfade=settings.crossfade if carry == "window" else 0,
             fade=settings.fade,
@@ -508,6 +510,7 @@ def warm_up(model: LoadedModel, settings: PlayerSettings) -> str:
         module,
         None,
         engine=settings.engine,
+        precision=settings.weights,
         carry=carry,
         crossfade=settings.crossfade if carry == "window" else 0,
         fade=settings.fade,
