@@ -140,12 +140,16 @@ def test_train_samples_decode_with_the_top_level_knobs(make_cfg) -> None:
     assert callbacks["latent_samples"].n == 4  # vseq2seq's z samples (a no-op for others)
 
 
-def test_auto_sampling_loops_a_lookback_model_and_samples_the_others(make_cfg) -> None:
-    """The default knobs are "auto": what measured best for the model at hand (README)."""
+def test_auto_knobs_resolve_for_the_model(make_cfg) -> None:
+    """ "auto" knobs resolve for the model at hand (README): temperature is 0.1 where a take
+    loops, else 0.9; loop=auto loops (0.95) a lookback model only. The default loop is 0."""
     cfg = make_cfg("train")
-    assert (cfg.temperature, cfg.loop) == ("auto", "auto")
+    assert (cfg.temperature, cfg.loop) == ("auto", 0.0)
+    plain = Sampling(0.9, None, "sample", 0.0)
     samples = instantiate(cfg.callbacks.audio_samples)
-    assert samples.sampling_for(Seq2SeqModule(**TINY)) == Sampling(0.9, None, "sample", 0.0)
+    assert samples.sampling_for(Seq2SeqModule(**LOOKBACK)) == plain
+    samples = instantiate(make_cfg("train", ["loop=auto"]).callbacks.audio_samples)
+    assert samples.sampling_for(Seq2SeqModule(**TINY)) == plain
     looped = Sampling(0.1, None, "sample", 0.95)
     assert samples.sampling_for(Seq2SeqModule(**LOOKBACK)) == looped
     # loop=0 on a lookback model: the model as trained, at the plain temperature

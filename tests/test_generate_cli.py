@@ -223,16 +223,18 @@ def test_the_table_says_whether_a_take_replays_its_prime(
     lookback = save_checkpoint(tmp_path / "lookback.ckpt", Seq2SeqModule(**LOOKBACK))
     prime = tmp_path / "prime.wav"
     sf.write(prime, sine(440, 0.3, 0.5, SR) * (1 + np.sin(np.arange(SR // 2) / 300)), SR)
-    looped, _ = _generate(make_cfg, f"ckpt={lookback}", f"prime={prime}", "seconds=1.5")
+    looped, _ = _generate(
+        make_cfg, f"ckpt={lookback}", f"prime={prime}", "seconds=1.5", "sampling=loop"
+    )
     assert "copy span" in capsys.readouterr().out
-    alone, _ = _generate(make_cfg, f"ckpt={lookback}", f"prime={prime}", "seconds=1.5", "loop=0")
+    alone, _ = _generate(make_cfg, f"ckpt={lookback}", f"prime={prime}", "seconds=1.5")
     for row in looped:
         assert row["repeat"] > 0.95 and row["copy_span"] >= 1.0, row
     for row in alone:
         assert row["repeat"] < 0.5 and row["beat"] is not None, row
 
 
-def test_a_lookback_model_loops_by_default_and_sampling_loop_is_refused_without_one(
+def test_loop_auto_loops_a_lookback_model_and_sampling_loop_is_refused_without_one(
     make_cfg: Callable[..., DictConfig], ckpt: Path, tmp_path: Path, capsys
 ) -> None:
     lookback = save_checkpoint(tmp_path / "lookback.ckpt", Seq2SeqModule(**LOOKBACK))
@@ -241,14 +243,15 @@ def test_a_lookback_model_loops_by_default_and_sampling_loop_is_refused_without_
     looped, _ = sf.read(out_dir / "take_00.wav")
     assert np.abs(looped).max() > 0
     assert "note: loop=auto" not in capsys.readouterr().err
-    # the default knobs are auto: the same takes as sampling=loop, and a note says so
-    _, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none")
+    # loop=auto (temperature auto): the same takes as sampling=loop, and a note says so
+    _, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none", "loop=auto")
     assert "note: loop=auto: this model has a lookback, so 0.95" in capsys.readouterr().err
     np.testing.assert_array_equal(sf.read(out_dir / "take_00.wav")[0], looped)
-    _, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none", "loop=0")  # as trained
-    assert "note: loop=auto" not in capsys.readouterr().err
+    # the default: the model as trained, with a tip
+    _, out_dir = _generate(make_cfg, f"ckpt={lookback}", "prime=none")
+    assert "tip: this model has a lookback: sampling=loop" in capsys.readouterr().err
     assert not np.array_equal(sf.read(out_dir / "take_00.wav")[0], looped)
-    _generate(make_cfg, f"ckpt={ckpt}", "prime=none")  # no lookback: auto does not loop
-    assert "note: loop=auto" not in capsys.readouterr().err
+    _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "loop=auto")  # no lookback: no loop
+    assert "loop=auto" not in capsys.readouterr().err
     with pytest.raises(ConfigError, match="loop=0.95: only a model with a lookback"):
         _generate(make_cfg, f"ckpt={ckpt}", "prime=none", "sampling=loop")

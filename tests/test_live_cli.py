@@ -98,7 +98,9 @@ def test_an_exposed_host_gets_a_token_and_localhost_none(tmp_path: Path) -> None
     chosen = settings_from(cfg(tmp_path, "live.host=0.0.0.0", "live.token=correct-horse"))
     assert chosen.token == "correct-horse"
     knobs = settings_from(cfg(tmp_path, "temperature=0.7", "top_p=0.9", "creativity=0.5")).knobs
-    assert knobs == {"temperature": 0.7, "top_p": 0.9, "loop": "auto", "creativity": 0.5}
+    assert knobs == {"temperature": 0.7, "top_p": 0.9, "loop": 0.0, "creativity": 0.5}
+    knobs = settings_from(cfg(tmp_path, "loop=auto")).knobs
+    assert (knobs["temperature"], knobs["loop"]) == ("auto", "auto")  # the player resolves them
     assert settings_from(cfg(tmp_path, "loop=0.4")).knobs["loop"] == 0.4
 
 

@@ -317,8 +317,8 @@ def test_style_and_creativity_knobs_of_a_vseq2seq_take(runs, tmp_path: Path) -> 
 
 
 def test_auto_knobs_loop_a_lookback_take_and_sample_the_others(runs) -> None:
-    """live.py's default knobs are "auto", resolved per take as generate.py does: a lookback
-    take starts looping (0.95 at temperature 0.1), a plain take samples at 0.9 without a note."""
+    """`loop=auto temperature=auto` resolve per take, as generate.py does: a lookback take
+    starts looping (0.95 at temperature 0.1), a plain take samples at 0.9 without a note."""
     root, ckpts = runs
     changes = dict(prime="none", frame_ms=10, ahead_seconds=0.3, knob_lead_seconds=0.0)
     live = settings(root, default_ckpt=ckpts["lookback"], **changes)

@@ -104,6 +104,11 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
             f"replays where its music repeats (temperature {sampling.temperature:g}); loop=0 "
             "plays the model as trained"
         )
+    elif has_lookback(module.net) and not sampling.looping:
+        notes.print(
+            "tip: this model has a lookback: sampling=loop replays where the prime repeats, "
+            "so its beat and harmonics carry on (a loop, not new music: see repeat below)"
+        )
 
     n_samples = max(1, round(seconds * sr))
     options.update(latent_options(cfg, module, prime, n, n_samples, seed, options))
