@@ -2,7 +2,8 @@
 checkpoint to listeners for minutes, against a bare `Stream.read` of the same model.
 
     python benchmarks/live_soak.py [--ckpt last|PATH] [--minutes 10] [--streams 1]
-        [--carry auto|window|state] [--browser] [--screenshot docs/live.png]
+        [--carry auto|window|state] [--weights float32|float16] [--browser]
+        [--screenshot docs/live.png]
 
 Measured in this one run:
 
@@ -41,6 +42,7 @@ import numpy as np
 import torch
 from websockets.sync.client import connect
 
+from lofibeats.generation.fused import PRECISIONS
 from lofibeats.generation.stream import Stream
 from lofibeats.live.catalog import LoadedModel, describe_checkpoint
 from lofibeats.live.harness import ServerThread, chromium, chromium_missing
@@ -128,7 +130,15 @@ def bare_rate(model: LoadedModel, player: PlayerSettings, seconds: float) -> tup
     """(samples per wall second, samples per CPU second) of a bare Stream.read loop, one
     frame (as the server reads) at a time."""
     module, carry = model.module, carry_for(player.carry, model)
-    stream = Stream(module, None, sampling=Sampling(0.9), seed=1, engine=player.engine, carry=carry)
+    stream = Stream(
+        module,
+        None,
+        sampling=Sampling(0.9),
+        seed=1,
+        engine=player.engine,
+        carry=carry,
+        precision=player.weights,
+    )
     block = stream.chunk_len - stream.crossfade
     frame = block * max(1, round(player.frame_ms / 1000 * module.sample_rate / block))
     stream.read(frame)
@@ -295,6 +305,9 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1, help="listeners during the soak")
     parser.add_argument("--carry", choices=("auto", "window", "state"), default="auto")
     parser.add_argument("--ahead", type=float, default=1.5, help="live.ahead_seconds")
+    parser.add_argument(
+        "--weights", choices=PRECISIONS, default="float32", help="the fused sample-level weights"
+    )
     parser.add_argument("--throughput-seconds", type=float, default=5.0)
     parser.add_argument("--first-audio-tries", type=int, default=5)
     parser.add_argument("--browser", action="store_true", help="listen with headless Chromium")
@@ -306,7 +319,7 @@ def main() -> None:
     torch.set_num_threads(1)  # what live.py runs with (threads=1): one core per stream at most
     outputs = Path("outputs")
     ckpt = resolve_checkpoint(args.ckpt, outputs).absolute()
-    player = PlayerSettings(ahead_seconds=args.ahead, carry=args.carry)
+    player = PlayerSettings(ahead_seconds=args.ahead, carry=args.carry, weights=args.weights)
     settings = LiveSettings(
         outputs_dir=outputs,
         default_ckpt=ckpt,
