@@ -54,6 +54,21 @@ def test_verdicts(signal: np.ndarray, verdict: str) -> None:
     assert audio_sanity(signal, SR)["verdict"] == verdict
 
 
+def test_a_take_that_falls_silent_part_way_is_a_dropout() -> None:
+    """silent_share counts 0.5-s blocks below -60 dBFS; a quarter of them makes a "dropout"
+    (the whole take's RMS and spectrum still pass)."""
+    music = sine(110, 0.3, 8.0) + sine(165, 0.2, 8.0)
+    half = music.copy()
+    half[4 * SR :] = 1e-5 * np.sign(half[4 * SR :])  # a -100 dBFS tail
+    stats = audio_sanity(half, SR)
+    assert stats["silent_share"] == 0.5 and stats["verdict"] == "dropout"
+    pause = music.copy()
+    pause[SR : SR + SR // 2] = 0.0  # one 0.5-s block of 16: a pause, not a dropout
+    assert audio_sanity(pause, SR)["silent_share"] == pytest.approx(1 / 16)
+    assert audio_sanity(pause, SR)["verdict"] == "ok"
+    assert audio_sanity(np.zeros(SR), SR)["verdict"] == "silent"  # all of it: silent
+
+
 def test_clip_rate_counts_full_scale_samples() -> None:
     x = np.zeros(1000)
     x[:10] = 1.0
