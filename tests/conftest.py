@@ -33,6 +33,15 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 @pytest.fixture
+def one_thread():
+    """One torch thread for the test, whatever an earlier test (a command's `threads=`) left."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def ckpt(tmp_path: Path) -> Path:
     """A tiny seq2seq checkpoint where a training run leaves its last (`ckpt=last` finds it)."""
     return save_tiny_checkpoint(tmp_path / RUN_CKPT)
