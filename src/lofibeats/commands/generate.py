@@ -107,7 +107,7 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     elif has_lookback(module.net) and not sampling.looping:
         notes.print(
             "tip: this model has a lookback: sampling=loop replays where the prime repeats, "
-            "so its beat and harmonics carry on (a loop, not new music: see repeat below)"
+            "so its beat and harmonics carry on (a loop of the prime, not new music)"
         )
 
     n_samples = max(1, round(seconds * sr))
@@ -187,6 +187,9 @@ def latent_options(
     return {"z": path}
 
 
+MUSIC_KEYS = ("beat", "repeat", "copy_span")  # the table's music columns (None: take too short)
+
+
 def write_take(take: Take, out_dir: Path, rtf: float) -> dict[str, Any]:
     """Write take_XX.wav (prime + continuation) and take_XX.png; return its stats row."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -204,9 +207,6 @@ def write_take(take: Take, out_dir: Path, rtf: float) -> dict[str, Any]:
     else:  # too short for a beat: the table shows "-"
         stats = {**audio_sanity(continuation, take.sr), **dict.fromkeys(MUSIC_KEYS)}
     return {"take": stem, "rtf": rtf, **stats}
-
-
-MUSIC_KEYS = ("beat", "repeat", "copy_span")  # the table's music columns (None: take too short)
 
 
 def stats_table(rows: list[dict[str, Any]], title: str) -> Table:
