@@ -36,7 +36,7 @@ from lofibeats.generation.style import style_path
 from lofibeats.live.catalog import CheckpointInfo, LoadedModel, ModelCache, Uploads
 from lofibeats.live.protocol import pack_frame
 from lofibeats.models.decoding import AutoregressiveNet
-from lofibeats.models.sampling import Sampling, is_auto
+from lofibeats.models.sampling import Sampling, needs_lookback
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.models.vseq2seq_net import DEFAULT_CREATIVITY
 
@@ -279,7 +279,7 @@ class Player:
             except (LofiError, OSError) as exc:
                 notes.append(f"no val clip to start from ({exc}): starting from near-silence")
         loop = self._knobs.get("loop", 0.0)
-        if not is_auto(loop) and loop > 0 and not model.lookback:
+        if needs_lookback(loop) and not model.lookback:
             notes.append(
                 f"loop={loop:g}: the {module.family} model has no lookback, so it plays as "
                 "trained (the loop knob is for models trained with model.lookback)"
@@ -387,7 +387,7 @@ class Player:
                     f"{name}: only vseq2seq models have a latent z; this take is {family}"
                 )
         loop = knobs.get("loop", 0.0)
-        if not is_auto(loop) and loop > 0 and not model.lookback:
+        if needs_lookback(loop) and not model.lookback:
             refused["loop"] = (
                 f"loop={knobs['loop']:g}: only a model with a lookback can loop what it "
                 f"recalls; this take's {family} model has none"

@@ -56,7 +56,7 @@ from lofibeats.live.protocol import (
     check_tag,
     parse_message,
 )
-from lofibeats.models.sampling import is_auto
+from lofibeats.models.sampling import needs_lookback
 
 STATIC = Path(__file__).parent / "static"
 COOKIE = "lofibeats_live_token"
@@ -138,7 +138,7 @@ class LiveState:
         info = describe_checkpoint(self.settings.default_ckpt, self.settings.outputs_dir)
         model = self.models.get(info)
         loop = self.settings.knobs.get("loop", 0.0)
-        if not is_auto(loop) and loop > 0 and not model.lookback:
+        if needs_lookback(loop) and not model.lookback:
             raise ConfigError(
                 f"loop={loop:g}: {info.name} has no lookback to loop (train one with "
                 "model.lookback, e.g. experiment=music_16k); use loop=0"

@@ -23,6 +23,12 @@ def is_auto(value: Any) -> bool:
     return isinstance(value, str) and value.strip().lower() == AUTO
 
 
+def needs_lookback(loop: Any) -> bool:
+    """Whether a `loop` value asks for a lookback: a number above 0 ("auto" never does, it
+    resolves to 0 for models without one)."""
+    return not is_auto(loop) and loop is not None and loop > 0
+
+
 class Sampling(NamedTuple):
     """Decoding knobs of one take, validated; they may change between chunks of a stream."""
 
