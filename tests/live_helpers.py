@@ -116,5 +116,6 @@ def settings(root: Path, **changes) -> LiveSettings:
     )
 
 
-def shelf() -> Path:
-    return Path(tempfile.mkdtemp(prefix="lofibeats-live-test-"))
+def shelf(root: Path) -> Path:
+    """A fresh upload shelf under the test's own temporary `root` (pytest cleans it up)."""
+    return Path(tempfile.mkdtemp(prefix="shelf-", dir=root))

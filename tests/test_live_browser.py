@@ -46,7 +46,7 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 def server(runs) -> Iterator[ServerThread]:
     root, ckpts = runs
     with ServerThread(
-        settings(root, default_ckpt=ckpts["seq2seq"], ahead_seconds=1.5), shelf(), preload=True
+        settings(root, default_ckpt=ckpts["seq2seq"], ahead_seconds=1.5), shelf(root), preload=True
     ) as server:
         yield server
 
@@ -158,7 +158,7 @@ def test_the_loop_slider_shows_for_a_lookback_model_and_reaches_its_stream(runs)
     root, ckpts = runs
     live = settings(root, default_ckpt=ckpts["lookback"], prime="none")
     live = dataclasses.replace(live, knobs={**live.knobs, "loop": 0.25})
-    with ServerThread(live, shelf(), preload=True) as server, chromium() as driver:
+    with ServerThread(live, shelf(root), preload=True) as server, chromium() as driver:
         press_play(driver, server.url)
         loop = driver.find_element("id", "loop")
         assert loop.is_displayed() and loop.get_attribute("value") == "0.25"
@@ -206,7 +206,7 @@ def test_vseq2seq_style_and_creativity_from_the_page(runs, tmp_path: Path) -> No
     sf.write(clip, 0.3 * np.sin(np.arange(2 * SR) * 0.2), SR)
     junk.write_bytes(b"this is not audio " * 50)
     live = settings(root, default_ckpt=ckpts["vseq2seq"], ahead_seconds=1.5)
-    with ServerThread(live, shelf(), preload=True) as server, chromium() as driver:
+    with ServerThread(live, shelf(root), preload=True) as server, chromium() as driver:
         pressed = press_play(driver, server.url)
         assert driver.find_element("id", "creativity").is_displayed()
         style = Select(driver.find_element("id", "style"))

@@ -43,7 +43,7 @@ def runs(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
 def serve(runs, **changes) -> ServerThread:
     root, ckpts = runs
     changes.setdefault("default_ckpt", ckpts["seq2seq"])
-    return ServerThread(settings(root, **changes), shelf())
+    return ServerThread(settings(root, **changes), shelf(root))
 
 
 def live_threads() -> list[threading.Thread]:
@@ -323,7 +323,7 @@ def test_auto_knobs_loop_a_lookback_take_and_sample_the_others(runs) -> None:
     changes = dict(prime="none", frame_ms=10, ahead_seconds=0.3, knob_lead_seconds=0.0)
     live = settings(root, default_ckpt=ckpts["lookback"], **changes)
     live = dataclasses.replace(live, knobs={"temperature": "auto", "top_p": None, "loop": "auto"})
-    with ServerThread(live, shelf()) as server:
+    with ServerThread(live, shelf(root)) as server:
         listener = Listener(server)
         listener.send(type="start")
         take = listener.expect("take")
@@ -349,7 +349,7 @@ def test_the_loop_knob_plays_a_lookback_take_and_no_other(runs) -> None:
     changes = dict(prime="none", frame_ms=10, ahead_seconds=0.3, knob_lead_seconds=0.0)
     live = settings(root, default_ckpt=ckpts["lookback"], **changes)
     live = dataclasses.replace(live, knobs={**live.knobs, "loop": 0.25})
-    with ServerThread(live, shelf()) as server:
+    with ServerThread(live, shelf(root)) as server:
         listener = Listener(server)
         listener.send(type="start")
         take = listener.expect("take")
