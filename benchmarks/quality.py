@@ -209,7 +209,7 @@ def main() -> None:
         torch.cat([primes[0], generated[0]]),
         sr,
         out / "take0.png",
-        title=f"{args.family}: real prime | generated continuation",
+        title=f"{module.family}: real prime | generated continuation",
         split_at=args.prime_seconds,
     )
 
