@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py --family seq2seq|vseq2seq|gan --data builtin|<folder>
         [--sr 16000] [--minutes 15] [--takes 8] [--seconds 10] [--prime-seconds 4]
-        [--windows 16] [--temperature 0.9] [--top-p P] [--loop L] [--seed 0] [--out DIR]
+        [--windows 16] [--temperature auto|T] [--top-p P] [--loop 0|auto|L] [--seed 0] [--out DIR]
         [--run DIR] [--carry auto|window|state] [key=value ...]
 
 Trains with `python train.py model=<family> data.sr=<sr> +trainer.max_time=<budget>
@@ -42,16 +42,23 @@ from torch.utils.data import DataLoader
 from lofibeats.audio.spectrogram import save_spectrogram_png
 from lofibeats.commands.evaluate import EvalAudio, teacher_forced
 from lofibeats.data.windows import ValWindows, collate_pairs
+from lofibeats.errors import ConfigError
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.stream import resolve_carry
 from lofibeats.metrics.context_nll import CONTEXT_SECONDS, context_nll
 from lofibeats.metrics.music import music_stats
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import load_module
+from lofibeats.models.decoding import has_lookback
 from lofibeats.models.sampling import Sampling
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = ("seq2seq", "vseq2seq", "gan")
+
+
+def knob(text: str) -> str | float:
+    """A sampling knob as generate.py takes it: "auto" or a number."""
+    return text if text == "auto" else float(text)
 
 
 def parse_args() -> argparse.Namespace:
@@ -64,10 +71,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of each take")
     parser.add_argument("--prime-seconds", type=float, default=4.0)
     parser.add_argument("--windows", type=int, default=16, help="held-out windows for the NLL")
-    parser.add_argument("--temperature", type=float, default=0.9)
+    parser.add_argument(
+        "--temperature", type=knob, default="auto", help="auto (as generate.py resolves it) or T"
+    )
     parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument(
-        "--loop", type=float, default=0.0, help="lookback models: the least share on the recall"
+        "--loop",
+        type=knob,
+        default=0.0,
+        help="lookback models: the least share on the recall; auto as generate.py resolves it",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="default: outputs/quality/<time>")
@@ -81,7 +93,12 @@ def parse_args() -> argparse.Namespace:
         help="how takes connect chunks (auto: as generate.py decides, see resolve_carry)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for train.py")
-    return parser.parse_args()
+    args = parser.parse_args()
+    try:  # a bad knob stops the benchmark before it trains
+        Sampling.parse(args.temperature, args.top_p, loop=args.loop)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return args
 
 
 def data_folders(data: str) -> tuple[Path | None, Path | None]:
@@ -198,7 +215,9 @@ def main() -> None:
     remedy = "lower --seconds or --prime-seconds"
     primes, real = pairs_tensors(audio.windows(args.takes, prime_len, take_len, remedy))
     started = time.perf_counter()
-    sampling = Sampling.parse(args.temperature, args.top_p, loop=args.loop)
+    sampling = Sampling.parse(
+        args.temperature, args.top_p, loop=args.loop, lookback=has_lookback(module.net)
+    )
     generated = generate_long(
         module, primes, take_len, sampling=sampling, seed=args.seed, carry=carry
     )
