@@ -13,17 +13,14 @@ has the figures; the command that made them (after oracle_render.py wrote its re
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from oracle_render import HOP, MEASURES, N_MELS, SR, MelFrames, Renderer, segments, shards
+from oracle_render import HOP, N_MELS, SR, MelFrames, Renderer, judge, segments, shards, update
 from torch import nn
 from torch.nn import functional as F
-
-from lofibeats.metrics.music import music_stats
 
 WINDOW, LAG_MIN, LAG_MAX = 32, 32, 250  # frames: a 0.5-s match, lags of 0.5-4 s
 
@@ -116,10 +113,7 @@ def train(frames: list[np.ndarray], minutes: float, batch: int = 32, target: int
         mean, log_std, _ = net(m[:, context - 1 : -1], recalled, score, state)
         target_frames = m[:, context:]
         nll = (log_std + 0.5 * ((target_frames - mean) / log_std.exp()) ** 2).mean()
-        opt.zero_grad()
-        nll.backward()
-        nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
+        update(opt, nll, clip=1.0)
         step += 1
         if step % 50 == 0:
             l1 = (target_frames - mean).abs().mean().item()
@@ -138,6 +132,16 @@ def continue_plan(net: MelPlan, prime: torch.Tensor, count: int, temperature: fl
         recalled, score = recall(torch.cat([frames, frames[:, -1:]], 1), frames.shape[1])
         mean, log_std, state = net(frames[:, -1:], recalled, score, state)
         frames = torch.cat([frames, mean + temperature * log_std.exp() * torch.randn_like(mean)], 1)
+    return frames[:, prime.shape[1] :]
+
+
+@torch.no_grad()
+def loop_plan(prime: torch.Tensor, count: int) -> torch.Tensor:
+    """No model: every frame is the lookback's recall, so the plan loops the prime's frames."""
+    frames = prime.clone()
+    for _ in range(count):
+        recalled, _ = recall(torch.cat([frames, frames[:, -1:]], 1), frames.shape[1])
+        frames = torch.cat([frames, recalled], 1)
     return frames[:, prime.shape[1] :]
 
 
@@ -163,11 +167,10 @@ def main() -> None:
     for temperature in args.temperatures:
         plan = continue_plan(net, mels(prime).transpose(1, 2), n // HOP, temperature)
         audio = renderer.render(prime, plan.transpose(1, 2), n, args.render_temperature)
-        stats = [
-            music_stats(a.numpy(), SR, past=p.numpy()) for a, p in zip(audio, prime, strict=True)
-        ]
-        medians = {k: round(float(np.median([s[k] for s in stats])), 4) for k in MEASURES}
-        print(f"plan T {temperature}", json.dumps(medians), [s["verdict"] for s in stats])
+        judge(f"plan T {temperature}", audio, prime)
+    looped = loop_plan(mels(prime).transpose(1, 2), n // HOP)
+    audio = renderer.render(prime, looped.transpose(1, 2), n, args.render_temperature)
+    judge("plan = the lookback's recall alone (the prime's frames looped)", audio, prime)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,23 @@ def companded(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.float() * (2.0 / (N_CLASSES - 1)) - 1.0
 
 
+def update(opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None = None) -> None:
+    """One optimiser step on `loss`, its gradients clipped to norm `clip` if given."""
+    opt.zero_grad()
+    loss.backward()
+    if clip is not None:
+        params = [p for group in opt.param_groups for p in group["params"]]
+        nn.utils.clip_grad_norm_(params, clip)
+    opt.step()
+
+
+def judge(name: str, audio: torch.Tensor, prime: torch.Tensor) -> None:
+    """Print the medians of the quality benchmark's measures over the takes, and the verdicts."""
+    stats = [music_stats(a.numpy(), SR, past=p.numpy()) for a, p in zip(audio, prime, strict=True)]
+    medians = {k: round(float(np.median([s[k] for s in stats])), 4) for k in MEASURES}
+    print(name, json.dumps(medians), "verdicts:", [s["verdict"] for s in stats], flush=True)
+
+
 def shards(folder: Path) -> list[np.ndarray]:
     return [np.load(p, mmap_mode="r") for p in sorted(folder.glob("shard-*.npy"))]
 
@@ -123,9 +140,7 @@ def train(folder: Path, minutes: float, mels: MelFrames, batch: int = 16, length
         past = companded(tokens).unfold(1, PAST, 1)[:, :length]
         logits = net(past, plan)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, PAST:].flatten())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        update(opt, loss)
         step += 1
         if step % 100 == 0:
             bits = loss.item() / math.log(2)
@@ -152,17 +167,10 @@ def main() -> None:
     clips = segments(shards(args.test), 8, prime_len + n, np.random.default_rng(1), min_rms=0.03)
     prime, real = clips[:, :prime_len], clips[:, prime_len:]
 
-    def report(name: str, audio: torch.Tensor) -> None:
-        stats = [
-            music_stats(a.numpy(), SR, past=p.numpy()) for a, p in zip(audio, prime, strict=True)
-        ]
-        medians = {k: round(float(np.median([s[k] for s in stats])), 4) for k in MEASURES}
-        print(name, json.dumps(medians), "verdicts:", [s["verdict"] for s in stats])
-
-    report("real", real)
+    judge("real", real, prime)
     for temperature in args.temperatures:
         renders = net.render(prime, mels(real), n, temperature)
-        report(f"rendered from the real frames, T {temperature}", renders)
+        judge(f"rendered from the real frames, T {temperature}", renders, prime)
         sf.write(args.out / f"T{temperature}_take0.wav", torch.cat([prime[0], renders[0]]), SR)
 
 
