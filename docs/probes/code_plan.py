@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from mel_plan import LAG_MAX, WINDOW, recall
-from oracle_render import HOP, SR, MelFrames, Renderer, judge, segments, shards, update
+from oracle_render import (
+    HOP,
+    TAKE,
+    MelFrames,
+    judge,
+    load_renderer,
+    plan_arguments,
+    test_clips,
+    update,
+)
 from torch import nn
 
 CODES = 256
@@ -114,12 +123,9 @@ def continue_codes(net, centroids, prime_codes, count, temperature):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=Path, required=True, help="mel_plan.py's frame cache")
-    parser.add_argument("--test", type=Path, required=True, help="a prepared sr16000 cache")
-    parser.add_argument("--renderer", type=Path, required=True, help="oracle_render.py's")
-    parser.add_argument("--minutes", type=float, default=20.0)
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.8, 1.0])
-    parser.add_argument("--render-temperature", type=float, default=0.85)
+    plan_arguments(parser, temperatures=[0.8, 1.0])
     args = parser.parse_args()
+    renderer = load_renderer(args.renderer)  # a missing one stops the probe before it trains
     torch.set_num_threads(1)
     stored = np.load(args.frames)
     frames = [torch.from_numpy(stored[k].astype(np.float32)) for k in sorted(stored.files)]
@@ -127,16 +133,12 @@ def main() -> None:
     centroids = kmeans(sample)
     codes = [encode(f, centroids) for f in frames]
     net = train(codes, centroids, args.minutes)
-    renderer = Renderer()
-    renderer.load_state_dict(torch.load(args.renderer, weights_only=True))
     mels = MelFrames()
-    n, prime_len = 10 * SR, 4 * SR
-    clips = segments(shards(args.test), 8, prime_len + n, np.random.default_rng(1), min_rms=0.03)
-    prime, real = clips[:, :prime_len], clips[:, prime_len:]
+    prime, real = test_clips(args.test)
 
     def report(name: str, plan_codes: torch.Tensor) -> None:
         plan = centroids[plan_codes].transpose(1, 2)
-        audio = renderer.render(prime, plan, n, args.render_temperature)
+        audio = renderer.render(prime, plan, TAKE, args.render_temperature)
         judge(name, audio, prime)
 
     report("real frames, coded", encode(mels(real).transpose(1, 2), centroids))
@@ -144,7 +146,7 @@ def main() -> None:
     for temperature in args.temperatures:
         report(
             f"code plan T {temperature}",
-            continue_codes(net, centroids, prime_codes, n // HOP, temperature),
+            continue_codes(net, centroids, prime_codes, TAKE // HOP, temperature),
         )
 
 

@@ -18,7 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from oracle_render import HOP, N_MELS, SR, MelFrames, Renderer, judge, segments, shards, update
+from oracle_render import (
+    HOP,
+    N_MELS,
+    TAKE,
+    MelFrames,
+    judge,
+    load_renderer,
+    plan_arguments,
+    shards,
+    test_clips,
+    update,
+)
 from torch import nn
 from torch.nn import functional as F
 
@@ -148,28 +159,21 @@ def loop_plan(prime: torch.Tensor, count: int) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, required=True, help="a prepared sr16000 cache")
-    parser.add_argument("--test", type=Path, required=True, help="a prepared sr16000 cache")
-    parser.add_argument("--renderer", type=Path, required=True, help="oracle_render.py's")
-    parser.add_argument("--minutes", type=float, default=20.0)
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.0, 0.5, 1.0])
-    parser.add_argument("--render-temperature", type=float, default=0.85)
+    plan_arguments(parser, temperatures=[0.0, 0.5, 1.0])
     parser.add_argument("--out", type=Path, default=Path("outputs/probes/mel_plan"))
     args = parser.parse_args()
+    renderer = load_renderer(args.renderer)  # a missing one stops the probe before it trains
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     mels = MelFrames()
     net = train(train_frames(args.train, mels, args.out / "train_frames.npz"), args.minutes)
-    renderer = Renderer()
-    renderer.load_state_dict(torch.load(args.renderer, weights_only=True))
-    n, prime_len = 10 * SR, 4 * SR
-    clips = segments(shards(args.test), 8, prime_len + n, np.random.default_rng(1), min_rms=0.03)
-    prime = clips[:, :prime_len]
+    prime, _ = test_clips(args.test)
     for temperature in args.temperatures:
-        plan = continue_plan(net, mels(prime).transpose(1, 2), n // HOP, temperature)
-        audio = renderer.render(prime, plan.transpose(1, 2), n, args.render_temperature)
+        plan = continue_plan(net, mels(prime).transpose(1, 2), TAKE // HOP, temperature)
+        audio = renderer.render(prime, plan.transpose(1, 2), TAKE, args.render_temperature)
         judge(f"plan T {temperature}", audio, prime)
-    looped = loop_plan(mels(prime).transpose(1, 2), n // HOP)
-    audio = renderer.render(prime, looped.transpose(1, 2), n, args.render_temperature)
+    looped = loop_plan(mels(prime).transpose(1, 2), TAKE // HOP)
+    audio = renderer.render(prime, looped.transpose(1, 2), TAKE, args.render_temperature)
     judge("plan = the lookback's recall alone (the prime's frames looped)", audio, prime)
 
 

@@ -32,6 +32,7 @@ from lofibeats.audio.mulaw import N_CLASSES, dequantize, quantize
 from lofibeats.metrics.music import music_stats
 
 SR, HOP, N_MELS, PAST = 16000, 256, 80, 256
+PRIME, TAKE = 4 * SR, 10 * SR
 MEASURES = ("beat", "flatness", "repeat", "copy_span", "rms")
 
 
@@ -109,7 +110,35 @@ def judge(name: str, audio: torch.Tensor, prime: torch.Tensor) -> None:
 
 
 def shards(folder: Path) -> list[np.ndarray]:
-    return [np.load(p, mmap_mode="r") for p in sorted(folder.glob("shard-*.npy"))]
+    paths = sorted(folder.glob("shard-*.npy"))
+    if not paths:
+        raise SystemExit(
+            f"{folder}: no shard-*.npy here; give a prepared data/cache/<name>/sr16000"
+        )
+    return [np.load(p, mmap_mode="r") for p in paths]
+
+
+def test_clips(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 8 held-out (prime, real continuation) pairs every probe judges: 4 s, then 10 s."""
+    clips = segments(shards(folder), 8, PRIME + TAKE, np.random.default_rng(1), min_rms=0.03)
+    return clips[:, :PRIME], clips[:, PRIME:]
+
+
+def load_renderer(path: Path) -> Renderer:
+    if not path.is_file():
+        raise SystemExit(f"{path}: no renderer here; run docs/probes/oracle_render.py first")
+    renderer = Renderer()
+    renderer.load_state_dict(torch.load(path, weights_only=True))
+    return renderer
+
+
+def plan_arguments(parser: argparse.ArgumentParser, temperatures: list[float]) -> None:
+    """The options of the probes that write a plan and render it with oracle_render's renderer."""
+    parser.add_argument("--test", type=Path, required=True, help="a prepared sr16000 cache")
+    parser.add_argument("--renderer", type=Path, required=True, help="oracle_render.py's")
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--temperatures", type=float, nargs="+", default=temperatures)
+    parser.add_argument("--render-temperature", type=float, default=0.85)
 
 
 def segments(
@@ -163,13 +192,11 @@ def main() -> None:
     torch.save(
         net.state_dict(), args.out / "renderer.pt"
     )  # docs/probes/mel_plan.py renders with it
-    n, prime_len = 10 * SR, 4 * SR
-    clips = segments(shards(args.test), 8, prime_len + n, np.random.default_rng(1), min_rms=0.03)
-    prime, real = clips[:, :prime_len], clips[:, prime_len:]
+    prime, real = test_clips(args.test)
 
     judge("real", real, prime)
     for temperature in args.temperatures:
-        renders = net.render(prime, mels(real), n, temperature)
+        renders = net.render(prime, mels(real), TAKE, temperature)
         judge(f"rendered from the real frames, T {temperature}", renders, prime)
         sf.write(args.out / f"T{temperature}_take0.wav", torch.cat([prime[0], renders[0]]), SR)
 
