@@ -46,6 +46,15 @@ def test_music_repeats_less_than_a_loop_and_more_than_noise(track: np.ndarray) -
         assert repetition(noise(seed=seed), SR)["repeat"] < 0.1
 
 
+def test_an_offset_is_no_repetition(track: np.ndarray) -> None:
+    past = noise(4.0, seed=1)
+    for clip in (noise(), track):
+        centred = repetition(clip, SR, past=past)
+        for offset in (0.02, 0.05):  # the take off zero, its past off the other way
+            off = repetition(clip + offset, SR, past=past - offset)
+            assert off["repeat"] == pytest.approx(centred["repeat"], abs=0.01)
+
+
 def test_a_past_counts_as_what_came_before(track: np.ndarray) -> None:
     """A continuation that replays the last 1.5 s of its prime is a copy from its first stretch;
     a real continuation of a different moment is not."""

@@ -22,6 +22,9 @@ its start with one), so the first few search less than 4 s back.
   takes its run's length, median over stretches. A copy at one lag throughout reads the whole
   clip (less the stretches before the lag is reachable); lags that wander read one window.
 
+A constant offset (DC) matches itself at every lag: noise 0.02 off zero (the verdict's DC limit)
+would read repeat 0.18 and 0.05 off 0.53. So the clip and its past are each centred first.
+
 Lags and windows are in seconds, so the measures work at any sample rate. Stretches below
 -100 dBFS (nothing to match) are left out; a clip with no other reads 0, 0, 0.
 """
@@ -52,12 +55,14 @@ def repetition(x: np.ndarray, sr: int, past: np.ndarray | None = None) -> dict[s
     `past` (only its last 4 s are read). A ValueError when `x` holds no stretch: shorter than
     one window, or than one hop and one window without a past."""
     x = as_signal(x, "repetition").astype(np.float32)
+    x = x - x.mean()  # an offset is no repetition (module doc)
     window = round(REPEAT_WINDOW_SECONDS * sr)
     hop = round(REPEAT_HOP_SECONDS * sr)
     min_lag, max_lag = (round(s * sr) for s in REPEAT_LAGS_SECONDS)
     before = np.zeros(0, np.float32)
     if past is not None:
         before = as_signal(past, "repetition's past")[-max_lag:].astype(np.float32)
+        before = before - before.mean()
     first = math.ceil(max(0, min_lag - before.size) / hop) * hop
     starts = np.arange(first, x.size - window + 1, hop)  # of the stretches, in x
     if not starts.size:
