@@ -4,12 +4,14 @@ plan (what happens when) and how much the rendering (what each sample sounds lik
 It trains a cheap sample-level renderer conditioned on 80-band log-mel frames (16 ms hop) of the
 audio it predicts, then renders held-out continuations from the *real* continuation's frames
 (an oracle plan) after 4-s real primes, and prints the quality benchmark's measures for the
-renders and the real audio. A render that keeps the beat shows a plan is enough for the beat;
-what stays wrong (flatness, DC) is the renderer's. DESIGN.md, "Plan, then render", has the
-figures; the command that made them:
+renders and the real audio. A render that keeps the beat shows a plan is
+enough for the beat; what stays wrong (flatness) is the renderer's. DESIGN.md, "Plan, then
+render", has the figures; the commands that made them (the second judges a trained renderer):
 
     OMP_NUM_THREADS=1 python docs/probes/oracle_render.py \
         --train data/cache/<train>/sr16000 --test data/cache/<test>/sr16000 --minutes 25
+    OMP_NUM_THREADS=1 python docs/probes/oracle_render.py \
+        --renderer outputs/probes/oracle_render/renderer.pt --test data/cache/<test>/sr16000
 
 (`<train>` / `<test>`: the caches `python benchmarks/quality.py --data <real corpus>` prepared.)
 """
@@ -75,7 +77,8 @@ class Renderer(nn.Module):
     def render(
         self, prime: torch.Tensor, mels: torch.Tensor, n: int, temperature: float
     ) -> torch.Tensor:
-        """n samples after `prime` (B, >= PAST) following `mels` (B, N_MELS, n // HOP)."""
+        """n samples after `prime` (B, >= PAST) following `mels` (B, N_MELS, n // HOP), through
+        `dc_free`."""
         plan = self.plan(mels).transpose(1, 2)
         past = companded(quantize(prime[:, -PAST:]))
         out = torch.empty(prime.shape[0], n)
@@ -84,12 +87,20 @@ class Renderer(nn.Module):
             token = torch.multinomial(torch.softmax(logits, -1), 1)
             out[:, t] = dequantize(token[:, 0])
             past = torch.cat([past[:, 1:], companded(token)], 1)
-        return out
+        return dc_free(out)
 
 
 def companded(tokens: torch.Tensor) -> torch.Tensor:
     """Mu-law classes as values in [-1, 1], evenly spaced."""
     return tokens.float() * (2.0 / (N_CLASSES - 1)) - 1.0
+
+
+def dc_free(audio: torch.Tensor, pole: float = 0.995) -> torch.Tensor:
+    """A one-pole DC blocker (corner ~13 Hz at 16 kHz) over (B, T) renders: causal, so a stream
+    can run it sample by sample. The renderer's output drifts off zero; music does not."""
+    return torchaudio.functional.lfilter(
+        audio, torch.tensor([1.0, -pole]), torch.tensor([1.0, -1.0]), clamp=False
+    )
 
 
 def update(opt: torch.optim.Optimizer, loss: torch.Tensor, clip: float | None = None) -> None:
@@ -179,19 +190,23 @@ def train(folder: Path, minutes: float, mels: MelFrames, batch: int = 16, length
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train", type=Path, required=True, help="a prepared sr16000 cache")
+    parser.add_argument("--train", type=Path, help="a prepared sr16000 cache to train on")
+    parser.add_argument("--renderer", type=Path, help="judge this trained renderer instead")
     parser.add_argument("--test", type=Path, required=True, help="a prepared sr16000 cache")
     parser.add_argument("--minutes", type=float, default=25.0)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.85, 0.7])
     parser.add_argument("--out", type=Path, default=Path("outputs/probes/oracle_render"))
     args = parser.parse_args()
+    if (args.train is None) == (args.renderer is None):
+        parser.error("give --train (to train a renderer) or --renderer (to judge one)")
     torch.set_num_threads(1)
     mels = MelFrames()
-    net = train(args.train, args.minutes, mels)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        net.state_dict(), args.out / "renderer.pt"
-    )  # docs/probes/mel_plan.py renders with it
+    if args.renderer is not None:
+        net = load_renderer(args.renderer)
+    else:
+        net = train(args.train, args.minutes, mels)
+        torch.save(net.state_dict(), args.out / "renderer.pt")  # the plan probes render with it
     prime, real = test_clips(args.test)
 
     judge("real", real, prime)
