@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
+import signal
 import socket
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import torch
@@ -27,6 +29,18 @@ from lofibeats.validate import choice, number, optional_number
 CARRIES = ("auto", "window", "state")
 PRIMES = ("val", "none")
 WS_MAX_BYTES = 2**20  # the transport's cap on one WebSocket message (the app's is lower)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, remembering a Ctrl-C. uvicorn re-raises the signal after its graceful
+    shutdown, but asyncio.run's handler may only see it once the serve task is done, and then
+    asyncio.run returns as if nothing happened (exit 0, not Ctrl-C's 130)."""
+
+    interrupted = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.interrupted = self.interrupted or sig == signal.SIGINT
+        super().handle_exit(sig, frame)
 
 
 def settings_from(cfg: DictConfig) -> LiveSettings:
@@ -139,9 +153,11 @@ def live(cfg: DictConfig) -> None:
             timeout_graceful_shutdown=2,
             ws_per_message_deflate=False,  # int16 audio barely compresses; spare the CPU,
         )
-        server = uvicorn.Server(config)
+        server = _Server(config)
         try:
             asyncio.run(server.serve(sockets=[sock]))
+            if server.interrupted:
+                raise KeyboardInterrupt
         finally:
             app.state.live.stop_all()
             sock.close()
