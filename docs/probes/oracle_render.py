@@ -6,7 +6,8 @@ audio it predicts, then renders held-out continuations from the *real* continuat
 (an oracle plan) after 4-s real primes, and prints the quality benchmark's measures for the
 renders and the real audio. A render that keeps the beat shows a plan is
 enough for the beat; what stays wrong (flatness) is the renderer's. DESIGN.md, "Plan, then
-render", has the figures; the commands that made them (the second judges a trained renderer):
+render", has the figures; the commands that made them (the second judges a trained renderer;
+`--train` with `--renderer` trains it on):
 
     OMP_NUM_THREADS=1 python docs/probes/oracle_render.py \
         --train data/cache/<train>/sr16000 --test data/cache/<test>/sr16000 --minutes 25
@@ -166,9 +167,16 @@ def segments(
     return torch.from_numpy(np.stack(rows))
 
 
-def train(folder: Path, minutes: float, mels: MelFrames, batch: int = 16, length: int = 2048):
+def train(
+    folder: Path,
+    minutes: float,
+    mels: MelFrames,
+    net: Renderer,
+    batch: int = 16,
+    length: int = 2048,
+) -> Renderer:
     gen = np.random.default_rng(0)
-    data, net = shards(folder), Renderer()
+    data = shards(folder)
     opt = torch.optim.Adam(net.parameters(), 1e-3)
     started, step = time.monotonic(), 0
     while time.monotonic() - started < minutes * 60:
@@ -191,21 +199,22 @@ def train(folder: Path, minutes: float, mels: MelFrames, batch: int = 16, length
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=Path, help="a prepared sr16000 cache to train on")
-    parser.add_argument("--renderer", type=Path, help="judge this trained renderer instead")
+    parser.add_argument(
+        "--renderer", type=Path, help="a trained renderer: judged, or trained on with --train"
+    )
     parser.add_argument("--test", type=Path, required=True, help="a prepared sr16000 cache")
     parser.add_argument("--minutes", type=float, default=25.0)
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0, 0.85, 0.7])
     parser.add_argument("--out", type=Path, default=Path("outputs/probes/oracle_render"))
     args = parser.parse_args()
-    if (args.train is None) == (args.renderer is None):
-        parser.error("give --train (to train a renderer) or --renderer (to judge one)")
+    if args.train is None and args.renderer is None:
+        parser.error("give --train (to train a renderer), --renderer (to judge one) or both")
     torch.set_num_threads(1)
     mels = MelFrames()
     args.out.mkdir(parents=True, exist_ok=True)
-    if args.renderer is not None:
-        net = load_renderer(args.renderer)
-    else:
-        net = train(args.train, args.minutes, mels)
+    net = Renderer() if args.renderer is None else load_renderer(args.renderer)
+    if args.train is not None:
+        net = train(args.train, args.minutes, mels, net)
         torch.save(net.state_dict(), args.out / "renderer.pt")  # the plan probes render with it
     prime, real = test_clips(args.test)
 
