@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
-from code_plan import CODES, encode, kmeans
+from code_plan import CODES, coded_frames, encode
 from oracle_render import (
     HOP,
     PRIME,
@@ -205,11 +205,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     renderer = load_renderer(args.renderer)  # a missing one stops the probe before it trains
     torch.set_num_threads(1)
-    stored = np.load(args.frames)
-    frames = [torch.from_numpy(stored[k].astype(np.float32)) for k in sorted(stored.files)]
-    sample = torch.cat(frames)[torch.randperm(sum(len(f) for f in frames))[:100_000]]
-    centroids = kmeans(sample)
-    codes = [encode(f, centroids) for f in frames]
+    frames, centroids, codes = coded_frames(args.frames)
     training = np.unique(np.concatenate([ngram_hashes(c) for c in codes[1:]]))
     net = train(
         Targets(frames[1:], codes[1:]),

@@ -53,6 +53,16 @@ def encode(frames: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return codes.reshape(frames.shape[:-1])
 
 
+def coded_frames(cache: Path) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor]]:
+    """`mel_plan.py`'s cached frames per shard, the k-means centroids of 100,000 of them, and
+    every shard's codes."""
+    stored = np.load(cache)
+    frames = [torch.from_numpy(stored[k].astype(np.float32)) for k in sorted(stored.files)]
+    pick = torch.randperm(sum(len(f) for f in frames), generator=torch.Generator().manual_seed(0))
+    centroids = kmeans(torch.cat(frames)[pick[:100_000]])
+    return frames, centroids, [encode(f, centroids) for f in frames]
+
+
 class CodePlan(nn.Module):
     """logits of the next code from the previous code, the recalled code and its score."""
 
@@ -127,11 +137,7 @@ def main() -> None:
     args = parser.parse_args()
     renderer = load_renderer(args.renderer)  # a missing one stops the probe before it trains
     torch.set_num_threads(1)
-    stored = np.load(args.frames)
-    frames = [torch.from_numpy(stored[k].astype(np.float32)) for k in sorted(stored.files)]
-    sample = torch.cat(frames)[torch.randperm(sum(len(f) for f in frames))[:100_000]]
-    centroids = kmeans(sample)
-    codes = [encode(f, centroids) for f in frames]
+    frames, centroids, codes = coded_frames(args.frames)
     net = train(codes, centroids, args.minutes)
     mels = MelFrames()
     prime, real = test_clips(args.test)
