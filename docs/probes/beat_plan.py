@@ -49,7 +49,7 @@ NGRAM = 12  # codes (0.19 s): a run this long found in training is a copy
 SLOTS = len(NEAR) + len(BEATS) + 2  # the +2: one frame either side of one beat back
 
 
-def onset_envelope(frames: torch.Tensor) -> torch.Tensor:
+def onset_flux(frames: torch.Tensor) -> torch.Tensor:
     """(..., T, N_MELS) log-mel frames -> (..., T) half-wave rectified flux."""
     return F.pad(F.relu(frames.diff(dim=-2)).mean(-1), (1, 0))
 
@@ -57,7 +57,7 @@ def onset_envelope(frames: torch.Tensor) -> torch.Tensor:
 def beat_period(frames: torch.Tensor) -> torch.Tensor:
     """(B, T, N_MELS) -> (B,) the lag in frames (PERIOD_MIN..PERIOD_MAX) where the onset
     envelope's autocorrelation peaks."""
-    env = onset_envelope(frames)
+    env = onset_flux(frames)
     env = env - env.mean(-1, keepdim=True)
     lags = torch.arange(PERIOD_MIN, PERIOD_MAX + 1)
     ac = torch.stack([(env[:, lag:] * env[:, :-lag]).mean(-1) for lag in lags.tolist()], -1)
@@ -75,7 +75,7 @@ def offsets(period: torch.Tensor) -> torch.Tensor:
 class BeatPlan(nn.Module):
     """logits of the next code from the codes at `offsets` back."""
 
-    def __init__(self, width: int = 96, hidden: int = 768, dropout: float = 0.3) -> None:
+    def __init__(self, width: int = 96, hidden: int = 768, dropout: float = 0.0) -> None:
         super().__init__()
         self.embed = nn.Embedding(CODES, width)
         self.slot = nn.Parameter(torch.zeros(SLOTS, width))
@@ -138,7 +138,7 @@ def train(
     opt = torch.optim.AdamW(net.parameters(), 1e-3, weight_decay=0.05 if dropout else 0.0)
     gen = torch.Generator().manual_seed(0)
     check = held_out.batch(torch.randperm(len(held_out.rows), generator=gen)[:20_000])
-    best, kept = float("inf"), copy.deepcopy(net.state_dict())
+    best, kept = float("inf"), None
     started, step = time.monotonic(), 0
     while time.monotonic() - started < minutes * 60:
         net.train()
@@ -150,12 +150,15 @@ def train(
             with torch.no_grad():
                 held = F.cross_entropy(net(check[0]), check[1]).item()
             if held < best:
-                best, kept = held, copy.deepcopy(net.state_dict())
+                best = held
+                if keep_best:
+                    kept = copy.deepcopy(net.state_dict())
             print(
                 f"step {step}, {time.monotonic() - started:.0f} s: held-out {held:.3f} nats/frame"
             )
-    print(f"{step} steps of {batch} targets in {minutes} min; best held-out {best:.3f}")
-    if keep_best:
+    checked = f"best held-out {best:.3f}" if step >= 250 else "no held-out check yet"
+    print(f"{step} steps of {batch} targets in {minutes} min; {checked}")
+    if kept is not None:
         net.load_state_dict(kept)
     return net.eval()
 
