@@ -53,7 +53,7 @@ from lofibeats.models.decoding import has_lookback
 from lofibeats.models.sampling import Sampling
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = ("seq2seq", "vseq2seq", "gan")
+FAMILIES = ("seq2seq", "vseq2seq", "gan", "plan")
 
 
 def knob(text: str) -> str | float:

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from lofibeats.live.player import PlayerSettings
 from lofibeats.live.server import LiveSettings
 from lofibeats.models.gan import GanModule
+from lofibeats.models.plan import PlanModule
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
@@ -73,9 +74,19 @@ def write_run(
     return ckpt
 
 
+def tiny_plan() -> PlanModule:
+    """A plan model that reads 2 beats of up to 0.25 s back, its codebook fitted on noise."""
+    module = PlanModule(
+        sr=SR, prev_len_max=4096, next_len=512, period_min="0.1s", period_max="0.25s",
+        beats=2, render_len=256, hidden=16, plan_hidden=32, layers=1, codes=16,
+    )  # fmt: skip
+    module.net.codebook.fit(torch.randn(200, 80, generator=torch.Generator().manual_seed(0)))
+    return module
+
+
 def make_runs(root: Path) -> dict[str, Path]:
     """Runs of every kind under `root/outputs`: {kind: last.ckpt} for seq2seq, vseq2seq,
-    frame (a seq2seq with the frame tier) and gan."""
+    frame (a seq2seq with the frame tier), gan and plan."""
     data = data_config(root)
     outputs = root / "outputs"
     modules = {
@@ -85,6 +96,7 @@ def make_runs(root: Path) -> dict[str, Path]:
         "gan": lambda: GanModule(
             sr=SR, prev_len_max=128, next_len=64, hidden=16, layers=1, ratios=[4, 4]
         ),
+        "plan": tiny_plan,
     }
     runs = {}
     for i, (kind, build) in enumerate(modules.items()):

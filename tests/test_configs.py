@@ -25,12 +25,32 @@ def test_groups_are_present() -> None:
     assert {"default", "cpu", "gpu", "ddp"} <= set(TRAINERS)
 
 
+#: what a family needs beyond the debug preset: the plan reads 4 beats back (here of <= 0.25 s)
+DEBUG_EXTRA = {
+    "plan": [
+        "data.prev_len_min=4096",
+        "data.prev_len_max=4096",
+        "data.next_len=512",
+        "model.period_min=0.1s",
+        "model.period_max=0.25s",
+        "model.beats=2",
+        "model.render_len=256",
+    ]
+}
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_model_composes_and_builds(make_cfg, model: str) -> None:
-    cfg = make_cfg("train", [f"model={model}", "debug=fast"])
+    cfg = make_cfg("train", [f"model={model}", "debug=fast", *DEBUG_EXTRA.get(model, [])])
     module = instantiate(cfg.model, _convert_="all")
     assert module.hparams["family"] == model
     assert module.sample_rate == cfg.data.sr == 8000
+
+
+def test_the_plan_family_on_short_windows_says_which_preset_gives_it_enough(make_cfg) -> None:
+    cfg = make_cfg("train", ["model=plan"])
+    with pytest.raises(Exception, match=r"data\.prev_len_max=.*experiment=plan_16k"):
+        instantiate(cfg.model, _convert_="all")
 
 
 @pytest.mark.parametrize("trainer", TRAINERS)

@@ -191,7 +191,7 @@ def test_checkpoint_list_names_family_rate_and_bits(runs) -> None:
         page = httpx.get(server.url)
         worklet = httpx.get(server.url + "static/worklet.js")
     rows = {row["name"].split("_")[-1]: row for row in listing["checkpoints"]}
-    assert set(rows) == {"seq2seq", "vseq2seq", "frame", "gan", "lookback"}
+    assert set(rows) == {"seq2seq", "vseq2seq", "frame", "gan", "plan", "lookback"}
     assert rows["seq2seq"]["sr"] == SR and rows["seq2seq"]["bits_per_sample"] == 7.25
     assert rows["frame"]["family"] == "seq2seq" and rows["frame"]["frame_size"] == 8
     assert rows["gan"]["family"] == "gan" and rows["gan"]["bits_per_sample"] is None
@@ -228,7 +228,7 @@ def test_generation_stays_a_bounded_distance_ahead_of_playback(runs) -> None:
         listener.close()
 
 
-@pytest.mark.parametrize("kind", ["seq2seq", "frame", "vseq2seq", "gan"])
+@pytest.mark.parametrize("kind", ["seq2seq", "frame", "vseq2seq", "gan", "plan"])
 def test_every_family_streams_and_takes_a_knob(runs, kind: str) -> None:
     root, ckpts = runs
     with serve(runs, default_ckpt=ckpts[kind]) as server:

@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from lofibeats.audio.spectrogram import spectrogram_figure
 from lofibeats.generation.engine import check_sampling
 from lofibeats.generation.longform import generate_long
+from lofibeats.generation.stream import resolve_carry
 from lofibeats.models.decoding import has_lookback
 from lofibeats.models.sampling import Sampling
 
@@ -77,6 +78,7 @@ class AudioSamples(pl.Callback):
                 sampling=self.sampling_for(pl_module),
                 seed=self.seed,
                 progress=False,
+                carry=resolve_carry("auto", pl_module, getattr(trainer.datamodule, "mode", None)),
             )
         pl_module.train(was_training)
         takes = torch.cat([primes, continuation], dim=1).clamp(-1, 1).cpu().numpy()

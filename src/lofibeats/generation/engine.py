@@ -18,6 +18,9 @@ family. Backends, all giving the same samples for the same random draws:
   With a lookback the kernel runs one search hop per call (each frame's recall and the copy
   head's mix in C) and the search itself (`Lookback.search`, one FFT) runs in torch between
   calls, on the samples the kernel has written into the decode's signal.
+- The plan family (`PlannedNet`) decodes its blocks itself; its renderer's sample loop runs in
+  the C kernel (`backend_render.render_loop_for`, built by `Continuation` and run by `Stream`),
+  or `plan_net.render_reference` (engine=reference, off the CPU, or no kernel with auto).
 
 A stream that carries state also moves the family's encoder over every block it generates
 (`follow`); `encoder_for` runs that move in the C kernel too (`CEncoder`) where the family
@@ -41,6 +44,7 @@ import torch
 
 from lofibeats.errors import ConfigError
 from lofibeats.generation.backend_c import CBackend, CEncoder, CFrameBackend, Hop
+from lofibeats.generation.backend_render import render_loop_for, render_loop_name
 from lofibeats.generation.backend_torch import TorchBackend
 from lofibeats.generation.fused import fuse_frame_lstm, fuse_head, fuse_lstm
 from lofibeats.generation.kernel import load_kernel
@@ -50,10 +54,12 @@ from lofibeats.models.decoding import (
     AutoregressiveNet,
     DecoderWeights,
     DecodeStart,
+    PlannedNet,
     has_lookback,
 )
 from lofibeats.models.frame_tier import FrameSampler
 from lofibeats.models.networks import LSTMState
+from lofibeats.models.plan_net import RenderLoop
 from lofibeats.models.sampling import DEFAULT_SAMPLING, Sampling
 from lofibeats.validate import choice
 
@@ -305,8 +311,11 @@ class Continuation:
         self.net, self.context_len = module.net, module.context_len
         self.device = module.device
         self.backend: Backend | None = None
+        self.render: RenderLoop | None = None  # a planned net's render loop (Stream runs it)
         if isinstance(self.net, AutoregressiveNet):
             self.backend = backend_for(self.net.decoder_weights(), engine, self.device, precision)
+        elif isinstance(self.net, PlannedNet):
+            self.render = render_loop_for(self.net.renderer, engine, self.device)
         elif engine == "fused":
             raise ConfigError(
                 f"engine=fused: the {module.family} model has no fused engine; "
@@ -316,6 +325,8 @@ class Continuation:
     @property
     def name(self) -> str:
         """What runs, for messages: "reference", "fused (C kernel)" or "fused (torch)"."""
+        if self.render is not None:
+            return render_loop_name(self.render)
         return "reference" if self.backend is None else self.backend.name
 
     def check(self, sampling: Sampling) -> Sampling:

@@ -11,7 +11,8 @@ builds, which tests use to check that every path gives the same numbers: "plain"
 (-DLOFI_PORTABLE: the scalar loops MSVC builds).
 
 Where no compiler works (or setuptools is missing) `load_kernel()` warns once, on one line, and
-returns None; the engine then uses its pure-torch backend. Environment:
+returns None; the engine then uses its pure-torch backend (the plan family's renderer its
+reference loop, `backend_render`). Environment:
 - LOFIBEATS_KERNEL=off  skip the kernel (use the pure-torch backend) without a warning;
 - LOFIBEATS_CACHE_DIR   where built kernels go (default: the OS's user cache folder).
 """
@@ -32,10 +33,17 @@ from typing import Any
 from filelock import FileLock
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "lstm_engine.c"
-ABI = 7  # must match LOFI_ABI in the C source
+ABI = 8  # must match LOFI_ABI in the C source
 PANEL = 16  # must match LOFI_NB: columns per packed weight panel
 RECALL, LOCAL = 32, 64  # must match LOFI_RECALL, LOFI_LOCAL: a lookback's recall per frame
-EXPORTS = ("lofi_abi", "lofi_encode", "lofi_decode", "lofi_frames", "lofi_copy_mix")
+EXPORTS = (
+    "lofi_abi",
+    "lofi_encode",
+    "lofi_decode",
+    "lofi_frames",
+    "lofi_copy_mix",
+    "lofi_render",
+)
 
 _UNIX_FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-fno-trapping-math")
 _MSVC_FLAGS = ("/O2",)
@@ -103,6 +111,26 @@ class RecallSpec(ctypes.Structure):
         ("scores", _P),
         ("loop_stay", _F32),
         ("loop_log", _F32),
+    ]
+
+
+class RendererSpec(ctypes.Structure):
+    """Mirror of the C `LofiRenderer` struct: the plan family's renderer."""
+
+    _fields_ = [
+        ("past", _I32),
+        ("hidden", _I32),
+        ("n_hidden", _I32),
+        ("n_classes", _I32),
+        ("n_pad", _I32),
+        ("hop", _I32),
+        ("past_weight", _P),
+        ("past_bias", _P),
+        ("mix_weight", _P),
+        ("mix_bias", _P),
+        ("out_weight", _P),
+        ("out_bias", _P),
+        ("levels", _P),
     ]
 
 
@@ -206,6 +234,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     ]
     lib.lofi_copy_mix.restype = ctypes.c_int
     lib.lofi_copy_mix.argtypes = [tier, _I32, _P, _P, _P, _F32, _F32, _P]
+    lib.lofi_render.restype = ctypes.c_int
+    lib.lofi_render.argtypes = [
+        *(ctypes.POINTER(RendererSpec), _I32, _I32, _P, _P, _I64, _I32, _P, _F32, _P, _P)
+    ]
     return lib
 
 
@@ -253,11 +285,16 @@ def open_kernel(path: Path) -> ctypes.CDLL:
     return lib
 
 
+def kernel_switched_off() -> bool:
+    """Whether LOFIBEATS_KERNEL turns the kernel off ("off", "0", "false" or "no")."""
+    return os.environ.get("LOFIBEATS_KERNEL", "on").lower() in ("off", "0", "false", "no")
+
+
 @functools.cache
 def load_kernel() -> ctypes.CDLL | None:
     """The kernel library (built at first use, then cached), or None where it cannot be had:
     then one warning line says why and the engine falls back to pure torch."""
-    if os.environ.get("LOFIBEATS_KERNEL", "on").lower() in ("off", "0", "false", "no"):
+    if kernel_switched_off():
         return None
     try:
         lib = open_kernel(build_kernel())

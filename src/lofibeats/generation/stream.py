@@ -31,7 +31,7 @@ from lofibeats.errors import ConfigError
 from lofibeats.generation.engine import Continuation, encoder_for
 from lofibeats.generation.style import StyleChange, StylePath
 from lofibeats.models.base import LofiModule
-from lofibeats.models.decoding import AutoregressiveNet, DecodeStart, has_lookback
+from lofibeats.models.decoding import AutoregressiveNet, PlannedNet, has_lookback
 from lofibeats.models.sampling import DEFAULT_SAMPLING, Sampling
 from lofibeats.validate import choice
 
@@ -76,9 +76,14 @@ class StreamMark:
     generator_state: torch.Tensor
     buffer: torch.Tensor
     tail: torch.Tensor | None
-    start: DecodeStart | None
+    start: Any  # a DecodeStart, a PlannedNet state, or None before the first block
     sampling: Sampling
     style: tuple[int, list[StyleChange]] | None
+
+
+def carries_state(net: object) -> bool:
+    """Whether a stream of `net` can carry its state from block to block (carry="state")."""
+    return isinstance(net, (AutoregressiveNet, PlannedNet))
 
 
 def resolve_carry(carry: str, module: LofiModule, data_mode: str | None) -> str:
@@ -89,6 +94,8 @@ def resolve_carry(carry: str, module: LofiModule, data_mode: str | None) -> str:
     carry = choice(carry, CARRY_CHOICES, "carry")
     if carry != "auto":
         return carry
+    if isinstance(module.net, PlannedNet):
+        return "state"
     if not isinstance(module.net, AutoregressiveNet):
         return "window"
     return "state" if data_mode == "stream" or has_lookback(module.net) else "window"
@@ -137,6 +144,8 @@ class Stream:
             prime = silence_prime(rows, self.context_len, self.generator, device)
         self.history = prime[:, -self.context_len :].to(device=device, dtype=torch.float32)
         self.continuation = Continuation(module, engine, precision)
+        # a planned net's render loop (C kernel or reference), its weights packed once per take
+        self._render_loop = self.continuation.render
         self.encoder = None  # a fused encoder for carry=state (None: the family's own)
         self.fades = (
             tuple(c.to(device) for c in fade_curves(self.crossfade, fade))
@@ -144,9 +153,15 @@ class Stream:
             else None
         )
         self._tail: torch.Tensor | None = None
-        self._start: DecodeStart | None = None
+        self._start: Any = None  # DecodeStart (autoregressive) or the PlannedNet state
         self._buffer = self.history.new_zeros(self.history.shape[0], 0)
-        if self.carry == "state":
+        planned = isinstance(module.net, PlannedNet)
+        if planned and self.carry == "window":
+            raise ConfigError(
+                f"carry=window: the {module.family} model carries its plan from block to "
+                "block; use carry=auto or carry=state"
+            )
+        if self.carry == "state" and not planned:
             if not isinstance(module.net, AutoregressiveNet):
                 raise ConfigError(
                     f"carry=state: the {module.family} model has no decoder state to carry; "
@@ -158,7 +173,8 @@ class Stream:
 
     @property
     def engine(self) -> str:
-        """What decodes, for messages: "reference", "fused (C kernel)" or "fused (torch)"."""
+        """What decodes, for messages: "reference", "fused (C kernel)" or "fused (torch)" (a
+        planned net: what runs its renderer's loop)."""
         return self.continuation.name
 
     @property
@@ -246,6 +262,14 @@ class Stream:
 
     def _state_block(self) -> torch.Tensor:
         net, n = self.module.net, self.chunk_len
+        if isinstance(net, PlannedNet):
+            if self._start is None:
+                self._start = net.begin(self.history)
+            sampling = self.continuation.check(self.sampling)
+            block, self._start = net.block(
+                self._start, n, sampling, self.generator, render=self._render_loop
+            )
+            return block
         self.continuation.check(self.sampling)
         if self._start is None:
             self._start = net.start(self.history, n, self.generator, **self.options)

@@ -31,11 +31,10 @@ from typing import Any
 import torch
 
 from lofibeats.errors import LofiError
-from lofibeats.generation.stream import Stream, StreamMark, resolve_carry
+from lofibeats.generation.stream import Stream, StreamMark, carries_state, resolve_carry
 from lofibeats.generation.style import style_path
 from lofibeats.live.catalog import CheckpointInfo, LoadedModel, ModelCache, Uploads
 from lofibeats.live.protocol import pack_frame
-from lofibeats.models.decoding import AutoregressiveNet
 from lofibeats.models.sampling import Sampling, needs_lookback
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.models.vseq2seq_net import DEFAULT_CREATIVITY
@@ -285,7 +284,7 @@ class Player:
                 "trained (the loop knob is for models trained with model.lookback)"
             )
         carry = carry_for(settings.carry, model)
-        if carry == "state" and not isinstance(module.net, AutoregressiveNet):
+        if carry == "state" and not carries_state(module.net):
             carry = "window"
             notes.append(f"the {module.family} model has no decoder state: carry=window")
         options: dict[str, Any] = {}
@@ -502,7 +501,7 @@ def warm_up(model: LoadedModel, settings: PlayerSettings) -> str:
     to build; the engine's name."""
     module = model.module
     carry = carry_for(settings.carry, model)
-    carry = carry if isinstance(module.net, AutoregressiveNet) else "window"
+    carry = carry if carries_state(module.net) else "window"
     options: dict[str, Any] = {}
     if isinstance(module, VSeq2SeqModule):
         options["z"] = style_path(module, None, batch=1, n_samples=1)

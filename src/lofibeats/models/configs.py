@@ -11,6 +11,7 @@ inference (`conf/inference`), see `lofibeats.models.sampling`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -329,3 +330,100 @@ class GanConfig(ModelConfig):
             betas=betas,
             grad_clip=None if values["grad_clip"] is None else weight("grad_clip"),
         )
+
+
+@dataclass(frozen=True)
+class PlanConfig(ModelConfig):
+    family: ClassVar[str] = "plan"
+    hop: int | str = "16ms"  # samples per plan frame
+    n_mels: int = 80
+    codes: int = 256  # codebook size
+    codebook_frames: int = 100_000  # training frames the codebook is fitted on
+    near: int = 2  # the plan reads the codes 1..near frames back ...
+    beats: int = 4  # ... and 1..beats beat periods back
+    period_min: int | str = "0.3s"  # the beat periods a prime's is measured among
+    period_max: int | str = "1.0s"
+    plan_width: int = 96
+    plan_hidden: int = 768
+    layers: int = 2  # the plan MLP's hidden layers
+    plan_dropout: float = 0.0
+    hidden: int = 256  # the renderer's width
+    render_past: int = 256  # samples the renderer reads before the one it predicts
+    render_rows: int = 16  # windows per batch the renderer trains on ...
+    render_len: int | str = 2048  # ... and samples of each
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+
+    @classmethod
+    def parse(cls, **given: Any) -> PlanConfig:
+        """The checked config of `model.*` values (lengths may be durations such as "16ms")."""
+        values = {**dataclasses.asdict(cls()), **given}
+        _unknown(cls, values)
+        values.pop("family", None)
+        values.pop("_target_", None)
+        sr, prev_len_max, next_len = _rate_and_lengths(values)
+
+        def count(name: str, low: int = 1) -> int:
+            return number(values[name], f"model.{name}", kind=int, low=low)
+
+        hop = to_samples(values["hop"], sr, "model.hop")
+        if hop < 16:
+            raise ConfigError(f"model.hop={values['hop']!r} ({hop} samples): use at least 16")
+        period_min = to_samples(values["period_min"], sr, "model.period_min")
+        period_max = to_samples(values["period_max"], sr, "model.period_max")
+        shortest, longest = period_frames(period_min, period_max, hop)
+        if not 2 <= shortest < longest:
+            raise ConfigError(
+                f"model.period_min={values['period_min']!r} and model.period_max="
+                f"{values['period_max']!r}: give 0.3s and 1.0s or similar (min below max, "
+                f"at least two frames of {hop} samples)"
+            )
+        beats = count("beats")
+        reach = (beats * longest + 1) * hop  # the farthest code a plan target reads
+        if prev_len_max < reach:
+            raise ConfigError(
+                f"data.prev_len_max={prev_len_max} samples: the plan reads {beats} beats of up "
+                f"to model.period_max back, so prev must hold at least {reach} samples "
+                f"({reach / sr:.2f} s): set data.prev_len_min and data.prev_len_max to "
+                f"{math.ceil(reach / sr)}s (experiment=plan_16k does)"
+            )
+        render_len = to_samples(values["render_len"], sr, "model.render_len")
+        if next_len % hop or next_len < render_len + 2 * hop:
+            raise ConfigError(
+                f"data.next_len={next_len}: use a multiple of model.hop ({hop} samples) of at "
+                f"least model.render_len + 2 frames ({render_len + 2 * hop} samples)"
+            )
+        if render_len % hop:
+            raise ConfigError(
+                f"model.render_len={values['render_len']!r}: use a multiple of model.hop ({hop})"
+            )
+        return cls(
+            sr=sr,
+            prev_len_max=prev_len_max,
+            next_len=next_len,
+            hop=hop,
+            n_mels=count("n_mels"),
+            codes=count("codes", 2),
+            codebook_frames=count("codebook_frames"),
+            near=count("near"),
+            beats=beats,
+            period_min=period_min,
+            period_max=period_max,
+            plan_width=count("plan_width"),
+            plan_hidden=count("plan_hidden"),
+            layers=count("layers"),
+            plan_dropout=number(
+                values["plan_dropout"], "model.plan_dropout", low=0.0, high=1.0, high_open=True
+            ),
+            hidden=count("hidden"),
+            render_past=count("render_past"),
+            render_rows=count("render_rows"),
+            render_len=render_len,
+            lr=number(values["lr"], "model.lr", low=0.0),
+            weight_decay=number(values["weight_decay"], "model.weight_decay", low=0.0),
+        )
+
+
+def period_frames(period_min: int, period_max: int, hop: int) -> tuple[int, int]:
+    """The beat periods (samples) a plan measures among, as whole frames of `hop` samples."""
+    return -(-period_min // hop), period_max // hop

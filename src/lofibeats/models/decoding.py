@@ -14,7 +14,8 @@ A sample-level (or frame-level) family *describes* a decode; a backend (`lofibea
 
 With the `Sampling` knobs, that is everything a decode needs: the reference loop, the fused
 torch loop and the C kernel all take the same three values. A family that continues audio in
-one pass instead (the GAN) implements `OnePassNet`.
+one pass instead (the GAN) implements `OnePassNet`; one that carries a state of its own from
+block to block (the plan family) implements `PlannedNet`.
 """
 
 from __future__ import annotations
@@ -145,3 +146,29 @@ class OnePassNet(Protocol):
         sampling: Sampling,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class PlannedNet(Protocol):
+    """A family that carries its own state from block to block and decodes it itself (the
+    plan family: its plan of frame codes, the beat period, the last samples). States are
+    values: a block returns a new one and never changes the one it was given. `renderer` is
+    the network whose sample loop a backend may run instead (`render=`)."""
+
+    renderer: nn.Module
+
+    def begin(self, prime: torch.Tensor) -> Any:
+        """The state after `prime` ([B, T] audio in [-1, 1])."""
+        ...
+
+    def block(
+        self,
+        state: Any,
+        n_samples: int,
+        sampling: Sampling,
+        generator: torch.Generator | None = None,
+        render: Any = None,
+    ) -> tuple[torch.Tensor, Any]:
+        """The next `n_samples` of every row ([B, n] in [-1, 1]) and the state after them;
+        `render` runs the renderer's sample loop (None: the family's reference loop)."""
+        ...

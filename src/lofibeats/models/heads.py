@@ -34,6 +34,29 @@ def _uniforms(shape: torch.Size, device: torch.device, generator: torch.Generato
     return torch.rand(shape, generator=generator, device=gen_device).to(device)
 
 
+def sample_classes(
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One class per position of `logits` [..., C]: argmax (greedy), else inverse-CDF sampling
+    of softmax(logits / T), optionally restricted to the smallest set of classes whose
+    probability reaches `top_p`; deterministic given `generator`."""
+    if sampling.is_greedy:
+        return logits.argmax(-1)
+    top_p = sampling.top_p
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    order = None
+    if top_p is not None and top_p < 1.0:
+        probs, order = probs.sort(dim=-1, descending=True)
+        keep = (probs.cumsum(-1) - probs) < top_p  # the most likely class is always kept
+        probs = probs * keep
+    cdf = probs.cumsum(-1)
+    u = _uniforms(cdf.shape[:-1], cdf.device, generator) * cdf[..., -1]
+    idx = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).clamp_max(cdf.shape[-1] - 1)
+    if order is not None:
+        idx = order.gather(-1, idx)
+    return idx.squeeze(-1)
+
+
 class Head(nn.Module, ABC):
     """Common interface of the output heads."""
 
@@ -90,23 +113,7 @@ class MulawHead(Head):
     def sample(
         self, out: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Argmax (greedy), else inverse-CDF sampling of softmax(out / T), optionally restricted
-        to the smallest set of classes whose probability reaches `top_p`."""
-        if sampling.is_greedy:
-            return out.argmax(-1)
-        top_p = sampling.top_p
-        probs = torch.softmax(out.float() / sampling.temperature, dim=-1)
-        order = None
-        if top_p is not None and top_p < 1.0:
-            probs, order = probs.sort(dim=-1, descending=True)
-            keep = (probs.cumsum(-1) - probs) < top_p  # the most likely class is always kept
-            probs = probs * keep
-        cdf = probs.cumsum(-1)
-        u = _uniforms(cdf.shape[:-1], cdf.device, generator) * cdf[..., -1]
-        idx = torch.searchsorted(cdf, u.unsqueeze(-1), right=True).clamp_max(cdf.shape[-1] - 1)
-        if order is not None:
-            idx = order.gather(-1, idx)
-        return idx.squeeze(-1)
+        return sample_classes(out, sampling, generator)
 
 
 class RegressionHead(Head):

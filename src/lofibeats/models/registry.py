@@ -11,10 +11,16 @@ from typing import Any
 from lofibeats.errors import ConfigError
 from lofibeats.models.base import LofiModule
 from lofibeats.models.gan import GanModule
+from lofibeats.models.plan import PlanModule
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
-_CLASSES: tuple[type[LofiModule], ...] = (Seq2SeqModule, VSeq2SeqModule, GanModule)
+_CLASSES: tuple[type[LofiModule], ...] = (
+    Seq2SeqModule,
+    VSeq2SeqModule,
+    GanModule,
+    PlanModule,
+)
 FAMILIES: dict[str, type[LofiModule]] = {cls.config_class.family: cls for cls in _CLASSES}
 
 

@@ -1,9 +1,11 @@
 /* Deep LoFi Beats: the fused LSTM generation kernel behind lofibeats.generation.engine.
  *
  * One call runs a whole chunk: `lofi_decode` runs the autoregressive loop (LSTM stack, output head, sampling)
- * for `steps` samples of `batch` streams, and `lofi_frames` the two-tier loop of a frame model
- * (one LSTM step per frame of k samples, then k steps of the small sample-level tier). Python prepares every weight (fused and packed) and
- * every random draw, so the loop does no allocation per step and no Python at all.
+ * for `steps` samples of `batch` streams, `lofi_frames` the two-tier loop of a frame model
+ * (one LSTM step per frame of k samples, then k steps of the small sample-level tier), and
+ * `lofi_render` the plan family's renderer (three small matrix products and a draw per sample).
+ * Python prepares every weight (fused and packed) and every random draw, so the loop does no
+ * allocation per step and no Python at all.
  *
  * Weights arrive folded (see fused.py): layer 0's input embedding, input projection and both
  * biases are one row per input class (mu-law) or slope * x + base (regression); layer l > 0
@@ -37,7 +39,7 @@
 
 #define LOFI_NB 16 /* columns per weight panel */
 #define LOFI_RB 6  /* rows per register tile (6 x 16 floats: 12 of 16 AVX registers) */
-#define LOFI_ABI 7 /* bumped whenever a struct or signature below changes */
+#define LOFI_ABI 8 /* bumped whenever a struct or signature below changes */
 #define LOFI_RECALL 32 /* samples a lookback recalls per frame (lookback.RECALL_SAMPLES) */
 #define LOFI_LOCAL 64  /* samples of its local match (lookback.LOCAL_SAMPLES) */
 
@@ -965,5 +967,160 @@ done:
     free(ranked);
     free(copies);
     free(mixed);
+    return status;
+}
+
+/* ------------------------------------------------------------------ plan renderer */
+
+/* The plan family's renderer (plan_net.Renderer): per sample,
+ * logits = W_out relu(W_mix relu(W_past past + b_past + cond) + b_mix) + b_out,
+ * with `past` the last P samples as companded mu-law values. Matrices are panels as above
+ * (past: K = P, mix and out: K = H), gate-width vectors zero-padded to a multiple of LOFI_NB. */
+typedef struct {
+    int32_t past;               /* P: samples the renderer reads back */
+    int32_t hidden;             /* H */
+    int32_t n_hidden;           /* H rounded up to LOFI_NB */
+    int32_t n_classes;          /* V */
+    int32_t n_pad;              /* V rounded up to LOFI_NB */
+    int32_t hop;                /* samples per conditioning frame */
+    const float *past_weight;   /* panels K = P, N = n_hidden */
+    const float *past_bias;     /* [n_hidden] */
+    const float *mix_weight;    /* panels K = H, N = n_hidden */
+    const float *mix_bias;      /* [n_hidden] */
+    const float *out_weight;    /* panels K = H, N = n_pad */
+    const float *out_bias;      /* [n_pad] */
+    const float *levels;        /* [V] the companded value of each class */
+} LofiRenderer;
+
+/* Inverse-CDF draw from softmax(logits * scale) with uniform u, as plan_net.render_reference
+ * does: exp(x - max) normalised, the CDF accumulated in double and stored as float, u scaled
+ * by its last value, the class the first whose CDF exceeds it (the last where none does).
+ * `probs`: scratch of n floats. */
+static int draw_scaled(const float *logits, const int n, const float scale, const float u,
+                       float *probs) {
+    for (int j = 0; j < n; j++) probs[j] = logits[j] * scale;
+    float top = probs[0];
+    for (int j = 1; j < n; j++) top = probs[j] > top ? probs[j] : top;
+    for (int j = 0; j < n; j++) probs[j] = fast_exp(probs[j] - top);
+    double total = 0.0;
+    for (int j = 0; j < n; j++) total += probs[j];
+    const float inv = (float)(1.0 / total);
+    for (int j = 0; j < n; j++) probs[j] *= inv;
+    double cdf = 0.0;
+    for (int j = 0; j < n; j++) cdf += probs[j];
+    const float target = u * (float)cdf;
+    cdf = 0.0;
+    for (int j = 0; j < n; j++) {
+        cdf += probs[j];
+        if ((float)cdf > target) return j;
+    }
+    return n - 1;
+}
+
+#ifndef LOFI_RENDER_TILE
+#define LOFI_RENDER_TILE 16 /* samples whose past-window products are one matrix product */
+#endif
+
+/* Render `steps` samples for each of `batch` rows: tokens[b, t] drawn with uniforms[b, t]
+ * (temperature: logits * `scale`), sample t conditioned on cond[b * cond_b + (t / hop) * H :]
+ * (`frames` frames per row: steps <= frames * hop). `past` [batch, P] the companded samples
+ * before the first (read only); `past_out` [batch, P] receives the last P after the call.
+ *
+ * Each row's past lives in a mirrored ring of 2P floats (each value written at i and i + P), so
+ * any window is P contiguous floats and moving on copies nothing. W_past is read once per tile
+ * of T = LOFI_RENDER_TILE samples rather than once per sample: one product over the tile's T
+ * windows with the samples not yet drawn left out (zeros), then each drawn sample adds its
+ * share to the later steps of the tile (value * row P - d of W_past^T at lag d < T, T rows
+ * kept apart, in L1). Only the order of the sums differs from render_reference's. */
+LOFI_API int lofi_render(const LofiRenderer *net, const int32_t batch, const int32_t steps,
+                         const float *past, const float *cond, const int64_t cond_b,
+                         const int32_t frames, const float *uniforms, const float scale,
+                         int64_t *tokens, float *past_out) {
+    const int B = batch, P = net->past, H = net->hidden, HP = net->n_hidden;
+    const int V = net->n_classes, VP = net->n_pad, hop = net->hop;
+    if (B < 1 || steps < 0 || P < 1 || H < 1 || HP < H || HP % LOFI_NB || V < 1 || VP < V ||
+        VP % LOFI_NB || hop < 1 || frames < 0 || (int64_t)frames * hop < steps || !past ||
+        !past_out || !net->levels || (steps && (!cond || !uniforms || !tokens)) ||
+        !(scale > 0.0f))
+        return LOFI_BAD_ARGS;
+    const int T = P < LOFI_RENDER_TILE ? P : LOFI_RENDER_TILE;
+    const size_t ring_len = (size_t)2 * P;
+    float *ring = malloc(sizeof(float) * (size_t)B * ring_len);
+    float *windows = malloc(sizeof(float) * (size_t)B * T * P); /* [B, T, P] */
+    float *acc = malloc(sizeof(float) * (size_t)B * T * HP);    /* [B, T, HP] */
+    float *recent = malloc(sizeof(float) * (size_t)T * HP);     /* [d] = W_past^T row P - d */
+    float *pre = malloc(sizeof(float) * (size_t)B * HP);
+    float *mid = malloc(sizeof(float) * (size_t)B * HP);
+    float *logits = malloc(sizeof(float) * (size_t)B * VP);
+    float *probs = malloc(sizeof(float) * (size_t)V);
+    int status = LOFI_OK;
+    if (!ring || !windows || !acc || !recent || !pre || !mid || !logits || !probs) {
+        status = LOFI_NO_MEMORY;
+        goto done;
+    }
+    for (int b = 0; b < B; b++) {
+        float *rb = ring + (size_t)b * ring_len;
+        memcpy(rb, past + (size_t)b * P, sizeof(float) * P);
+        memcpy(rb + P, past + (size_t)b * P, sizeof(float) * P);
+    }
+    for (int d = 1; d < T; d++) /* unpack rows P - d of the panels */
+        for (int j = 0; j < HP; j++)
+            recent[(size_t)d * HP + j] =
+                net->past_weight[((size_t)(j / LOFI_NB) * P + (P - d)) * LOFI_NB + j % LOFI_NB];
+    int head = 0; /* step t's window is ring[head : head + P], oldest first */
+    for (int32_t t0 = 0; t0 < steps; t0 += T) {
+        const int count = steps - t0 < T ? steps - t0 : T;
+        for (int b = 0; b < B; b++) /* the tile's windows, the samples yet to come as zeros */
+            for (int i = 0; i < count; i++) {
+                float *w = windows + ((size_t)b * count + i) * P;
+                const float *rb = ring + (size_t)b * ring_len;
+                const int from = head + i < P ? head + i : head + i - P;
+                memcpy(w, rb + from, sizeof(float) * (P - i));
+                memset(w + P - i, 0, sizeof(float) * i);
+            }
+        fill_bias(B * count, HP, net->past_bias, acc);
+        matmul_acc(B * count, windows, P, net->past_weight, P, 0, P, acc, HP, HP);
+        for (int i = 0; i < count; i++) {
+            const int32_t t = t0 + i;
+            for (int b = 0; b < B; b++) {
+                const float *ab = acc + ((size_t)b * count + i) * HP;
+                const float *cb = cond + b * cond_b + (int64_t)(t / hop) * H;
+                float *pb = pre + (size_t)b * HP;
+                for (int j = 0; j < H; j++) pb[j] = ab[j] + cb[j];
+                for (int j = H; j < HP; j++) pb[j] = ab[j];
+                for (int j = 0; j < HP; j++) pb[j] = pb[j] > 0.0f ? pb[j] : 0.0f;
+            }
+            fill_bias(B, HP, net->mix_bias, mid);
+            matmul_acc(B, pre, HP, net->mix_weight, H, 0, H, mid, HP, HP);
+            for (size_t k = 0; k < (size_t)B * HP; k++) mid[k] = mid[k] > 0.0f ? mid[k] : 0.0f;
+            fill_bias(B, VP, net->out_bias, logits);
+            matmul_acc(B, mid, HP, net->out_weight, H, 0, H, logits, VP, VP);
+            for (int b = 0; b < B; b++) {
+                const int cls = draw_scaled(logits + (size_t)b * VP, V, scale,
+                                            uniforms[(size_t)b * steps + t], probs);
+                const float value = net->levels[cls];
+                tokens[(size_t)b * steps + t] = cls;
+                float *rb = ring + (size_t)b * ring_len;
+                rb[head] = rb[head + P] = value;
+                for (int later = i + 1; later < count; later++) { /* lag later - i */
+                    float *al = acc + ((size_t)b * count + later) * HP;
+                    const float *wd = recent + (size_t)(later - i) * HP;
+                    for (int j = 0; j < HP; j++) al[j] += value * wd[j];
+                }
+            }
+            head = head + 1 == P ? 0 : head + 1;
+        }
+    }
+    for (int b = 0; b < B; b++)
+        memcpy(past_out + (size_t)b * P, ring + (size_t)b * ring_len + head, sizeof(float) * P);
+done:
+    free(ring);
+    free(windows);
+    free(acc);
+    free(recent);
+    free(pre);
+    free(mid);
+    free(logits);
+    free(probs);
     return status;
 }

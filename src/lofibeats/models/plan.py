@@ -1,0 +1,156 @@
+"""The plan family's training recipe: a beat plan of frame codes and a renderer, from one batch.
+
+Batches are `(prev, next)` windows as for every family; `prev` must hold the plan's reach (4 beats
+of the longest period: `data.prev_len_min` = `data.prev_len_max` = 4 s, `experiment=plan_16k`).
+Every step trains both halves of `PlanNet` (`lofibeats.models.plan_net`):
+
+- **Codebook.** The first steps collect the windows' log-mel frames; once `codebook_frames` are
+  in, k-means fits the codebook (seeded; under DDP rank 0's is broadcast) and it stays fixed.
+  Until then only the renderer trains.
+- **Plan.** Every frame of `next` (but the last AHEAD, whose frames see the window's edge) is a
+  target: its code given the codes `near` frames and 1..`beats` periods back, the period
+  measured on `prev` as generation measures it on the prime. Windows whose `prev` is mostly
+  silence are left out. Cross-entropy in nats/frame.
+- **Renderer.** `render_rows` windows, `render_len` samples each at a random frame of `next`,
+  given their real log-mel frames (teacher forcing: generation gives it the plan's centroids),
+  under a random gain (-6 to +2.6 dB) and polarity, so it renders any loudness of either sign.
+
+`val/loss` is bits/sample of the audio: the renderer's plus the plan's nats per frame spread
+over its `hop` samples.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch.nn import functional as F
+
+from lofibeats.errors import ConfigError
+from lofibeats.models.base import LofiModule
+from lofibeats.models.configs import PlanConfig, period_frames
+from lofibeats.models.plan_net import AHEAD, AUDIBLE, PlanNet
+
+GAIN_LOG_RANGE = (-0.7, 0.3)  # the renderer's random gain, natural log (-6.1 to +2.6 dB)
+
+
+class PlanModule(LofiModule):
+    """Trains `PlanNet`: every argument is a plain config value (conf/model/plan.yaml, checked
+    by `PlanConfig`)."""
+
+    config_class: ClassVar[type[PlanConfig]] = PlanConfig
+    config: PlanConfig
+
+    def __init__(self, **model_config: Any) -> None:
+        super().__init__(**model_config)
+        c = self.config
+        shortest, longest = period_frames(c.period_min, c.period_max, c.hop)
+        self.net = PlanNet(
+            sr=c.sr,
+            hop=c.hop,
+            n_mels=c.n_mels,
+            codes=c.codes,
+            near=c.near,
+            beats=c.beats,
+            period_min=shortest,
+            period_max=longest,
+            plan_width=c.plan_width,
+            plan_hidden=c.plan_hidden,
+            plan_layers=c.layers,
+            plan_dropout=c.plan_dropout,
+            render_hidden=c.hidden,
+            render_past=c.render_past,
+        )
+        self._collected: list[torch.Tensor] = []  # frames for the codebook, until it is fitted
+
+    # ----------------------------------------------------------------- pieces
+    def _window(self, prev: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """[prev | next] with prev cropped to whole frames, and where next starts."""
+        hop = self.config.hop
+        reach = self.net.reach * hop
+        if prev.shape[1] < reach:
+            raise ConfigError(
+                f"a batch's prev holds {prev.shape[1]} samples; the plan reads {reach} back: set "
+                f"data.prev_len_min to data.prev_len_max ({self.config.prev_len_max})"
+            )
+        prev = prev[:, prev.shape[1] % hop :]
+        return torch.cat([prev, nxt], 1), prev.shape[1]
+
+    def _plan_nats(self, frames: torch.Tensor, first_frame: int) -> torch.Tensor | None:
+        """Mean cross-entropy of the codes of next's frames; None if no window is audible."""
+        net = self.net
+        audible = frames[:, :first_frame].mean((1, 2)) >= AUDIBLE
+        if not audible.any():
+            return None
+        frames = frames[audible]
+        codes = net.codebook.encode(frames)
+        period = net.periods(frames[:, :first_frame])
+        targets = torch.arange(first_frame, frames.shape[1] - AHEAD, device=frames.device)
+        inputs = net.plan_inputs(codes, period, targets)
+        logits = net.plan(inputs.flatten(0, 1))
+        return F.cross_entropy(logits, codes[:, targets].flatten())
+
+    def _render_nats(self, audio: torch.Tensor, first: int, offset: int) -> torch.Tensor:
+        """The renderer's cross-entropy over `render_len` samples from `first + offset`."""
+        hop, length = self.config.hop, self.config.render_len
+        start = first + offset
+        frames = self.net.frames(audio)
+        lo, hi = start // hop - AHEAD, (start + length) // hop + AHEAD
+        return self.net.renderer.loss(audio[:, : start + length], frames[:, lo:hi], start)
+
+    def _collect(self, frames: torch.Tensor) -> None:
+        """Keep frames for the codebook; fit it once `codebook_frames` are in."""
+        self._collected.append(frames.detach().flatten(0, 1).float().cpu())
+        have = sum(len(f) for f in self._collected)
+        if have < self.config.codebook_frames:
+            return
+        codebook = self.net.codebook
+        codebook.fit(torch.cat(self._collected)[: self.config.codebook_frames])
+        self._collected = []
+        if self._trainer is not None and self.trainer.world_size > 1:
+            centroids = self.trainer.strategy.broadcast(codebook.centroids, src=0)
+            codebook.centroids.copy_(centroids)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        prev, nxt = batch
+        audio, first = self._window(prev, nxt)
+        frames = self.net.frames(audio)
+        plan = None
+        if self.net.codebook.fitted:
+            plan = self._plan_nats(frames, first // self.config.hop)
+        else:
+            self._collect(frames)
+        rows = audio[: self.config.render_rows]
+        gain = torch.empty(len(rows), 1, device=rows.device).uniform_(*GAIN_LOG_RANGE).exp()
+        sign = torch.randint(0, 2, (len(rows), 1), device=rows.device) * 2 - 1
+        spare = (nxt.shape[1] - self.config.render_len) // self.config.hop - AHEAD
+        offset = int(torch.randint(0, spare + 1, ())) * self.config.hop
+        render = self._render_nats((rows * gain * sign).clamp(-1.0, 1.0), first, offset)
+        loss = render if plan is None else render + plan
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/render_bits", render / math.log(2))
+        if plan is not None:
+            self.log("train/plan_nats", plan)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        prev, nxt = batch
+        audio, first = self._window(prev, nxt)
+        render = self._render_nats(audio[: self.config.render_rows], first, 0) / math.log(2)
+        plan = None
+        if self.net.codebook.fitted:
+            plan = self._plan_nats(self.net.frames(audio), first // self.config.hop)
+        plan_nats = math.log(self.config.codes) if plan is None else plan
+        bits = render + plan_nats / (self.config.hop * math.log(2))
+        self.log("val/loss", bits, prog_bar=True, sync_dist=True)
+        self.log("val/bits_per_sample", bits, sync_dist=True)
+        self.log("val/render_bits", render, sync_dist=True)
+        if plan is not None:
+            self.log("val/plan_nats", plan, sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay
+        )

@@ -1,0 +1,220 @@
+"""The plan family: config checks, codebook, beat period, the plan's beat lags, the renderer's DC
+blocker, streams (read sizes, rewind), and train.py -> checkpoint -> generation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lofibeats.commands.train import train
+from lofibeats.errors import ConfigError
+from lofibeats.generation.longform import generate_long
+from lofibeats.generation.stream import Stream, resolve_carry
+from lofibeats.metrics.sanity import audio_sanity
+from lofibeats.models.checkpoint import load_module
+from lofibeats.models.decoding import PlannedNet
+from lofibeats.models.plan import PlanModule
+from lofibeats.models.plan_net import AHEAD, Codebook, beat_period, dc_free
+from lofibeats.models.sampling import Sampling
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:.*does not have many workers:UserWarning",
+    "ignore:.*self.log.*but the `self.trainer` reference is not registered:UserWarning",
+)
+
+SR = 8000
+TINY = dict(
+    sr=SR, prev_len_max=4096, next_len=512, period_min="0.1s", period_max="0.25s", beats=2,
+    render_len=256, hidden=16, plan_hidden=32, layers=1, codes=16, codebook_frames=100,
+)  # fmt: skip
+#: train.py on the debug corpus with the tiny plan above (4 beats of 0.25 s need 0.5 s of prev)
+TINY_OVERRIDES = [
+    "experiment=plan_16k",
+    "debug=fast",
+    f"data.sr={SR}",
+    "data.prev_len_min=4096",
+    "data.prev_len_max=4096",
+    "data.next_len=512",
+    *(f"model.{k}={v}" for k, v in TINY.items() if k not in ("sr", "prev_len_max", "next_len")),
+]
+
+
+def tiny(**overrides) -> PlanModule:
+    torch.manual_seed(0)
+    return PlanModule(**{**TINY, **overrides})
+
+
+def noise_batch(rows: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    audio = 0.2 * torch.randn(rows, 4096 + 512, generator=gen)
+    return audio[:, :4096], audio[:, 4096:]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        ({"prev_len_max": 2048}, "data.prev_len_max"),
+        ({"next_len": 500}, "data.next_len"),
+        ({"period_min": "0.3s", "period_max": "0.25s"}, "model.period_min"),
+        ({"render_len": 200}, "model.render_len"),
+        ({"hop": 8}, "model.hop"),
+        ({"hiden": 16}, "model.hiden"),
+    ],
+)
+def test_bad_plan_configs_name_the_key(overrides: dict, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        PlanModule(**{**TINY, **overrides})
+
+
+def test_a_short_prev_in_a_batch_names_the_data_keys() -> None:
+    model = tiny()
+    prev, nxt = noise_batch()
+    with pytest.raises(ConfigError, match=r"data\.prev_len_min"):
+        model.training_step((prev[:, -1024:], nxt), 0)
+
+
+def test_codebook_fit_is_seeded_and_codes_are_nearest_centroids() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [5.0, 5.0], [-5.0, 5.0]])
+    frames = centres.repeat(200, 1) + 0.1 * torch.randn(600, 2, generator=gen)
+    books = [Codebook(3, 2), Codebook(3, 2)]
+    for book in books:
+        assert not book.fitted
+        book.fit(frames)
+        assert book.fitted
+    assert torch.equal(books[0].centroids, books[1].centroids)
+    found = books[0].centroids[books[0].encode(centres)]
+    assert torch.allclose(found, centres, atol=0.05)
+    assert books[0].decode(books[0].encode(frames[:5])).shape == (5, 2)
+
+
+def test_beat_period_is_the_click_tracks() -> None:
+    """Clicks every 0.5 s at 16 kHz, 16-ms frames: a period of 31.25 frames."""
+    model = PlanModule(sr=16000, prev_len_max=64000, next_len=16384)
+    audio = torch.zeros(1, 64000)
+    audio[0, ::8000] = 1.0
+    frames = model.net.frames(audio + 1e-3 * torch.randn(1, 64000))
+    shortest, longest = model.net.period_min, model.net.period_max
+    assert (shortest, longest) == (19, 62)
+    assert int(beat_period(frames, shortest, longest)) in (31, 32)
+
+
+def test_dc_free_removes_an_offset_and_blocks_join_exactly() -> None:
+    audio = 0.3 + 0.1 * torch.randn(2, 8000, generator=torch.Generator().manual_seed(0))
+    whole, _ = dc_free(audio, torch.zeros(2, 2))
+    last, pieces = torch.zeros(2, 2), []
+    for piece in audio.split([1, 37, 4096, 3866], dim=1):
+        out, last = dc_free(piece, last)
+        pieces.append(out)
+    assert torch.allclose(torch.cat(pieces, 1), whole, atol=1e-6)
+    assert whole[:, 4000:].mean(1).abs().max() < 0.01
+
+
+def test_the_plan_reads_its_beat_lags_in_training_and_generation_alike() -> None:
+    """A code pattern that repeats every 9 frames, and nothing else to go on: trained through
+    `plan_inputs` (what training reads), the greedy plan (what generation draws) carries the
+    pattern on, so both read the same frames back."""
+    model = tiny()
+    net = model.net
+    gen = torch.Generator().manual_seed(0)
+    period = 9
+    pattern = torch.randint(0, 16, (8, period), generator=gen)
+    codes = pattern.repeat(1, 12)  # 108 frames per row
+    periods = torch.full((8,), period)
+    targets = torch.arange(net.reach, codes.shape[1])
+    opt = torch.optim.Adam(net.plan.parameters(), 1e-2)
+    for _ in range(150):
+        logits = net.plan(net.plan_inputs(codes, periods, targets).flatten(0, 1))
+        loss = torch.nn.functional.cross_entropy(logits, codes[:, targets].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        planned = net._plan(codes[:, :60], periods, 27, Sampling(decoding="greedy"), None)
+    assert torch.equal(planned[:, 60:], codes[:, 60:87])
+
+
+def test_training_fits_the_codebook_then_trains_the_plan() -> None:
+    model = tiny(codebook_frames=288)
+    opt = model.configure_optimizers()
+    losses = []
+    for step in range(3):
+        prev, nxt = noise_batch(seed=step)
+        assert bool(model.net.codebook.fitted) == (
+            step >= 2
+        )  # 4 rows x 36 frames a batch: in after two
+        loss = model.training_step((prev, nxt), step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[2] > losses[1]  # the plan's cross-entropy joins the renderer's
+
+
+def played(model: PlanModule, sizes: list[int], total: int, **knobs) -> torch.Tensor:
+    prime = noise_batch(rows=2)[0]
+    stream = Stream(model, prime, sampling=Sampling(temperature=0.9), carry="state", seed=3)
+    pieces, have = [], 0
+    while have < total:
+        n = sizes[len(pieces) % len(sizes)]
+        pieces.append(stream.read(n))
+        have += n
+    return torch.cat(pieces, 1)[:, :total]
+
+
+def test_streams_give_the_same_audio_for_any_read_sizes() -> None:
+    model = tiny().eval()
+    model.net.codebook.fit(torch.randn(200, 80))
+    assert isinstance(model.net, PlannedNet)
+    assert resolve_carry("auto", model, "windows") == "state"
+    reads = [played(model, sizes, 1500) for sizes in ([1], [37], [4096])]
+    assert torch.equal(reads[0], reads[1]) and torch.equal(reads[0], reads[2])
+    assert reads[0].abs().max() <= 1.0 and reads[0].std() > 0.01
+
+
+def test_a_rewound_stream_plays_the_same_again_and_a_knob_changes_what_follows() -> None:
+    model = tiny().eval()
+    model.net.codebook.fit(torch.randn(200, 80))
+    stream = Stream(model, noise_batch(rows=1)[0], carry="state", seed=0)
+    stream.read(700)
+    mark = stream.mark()
+    first = stream.read(1000)
+    stream.rewind(mark)
+    assert torch.equal(stream.read(1000), first)
+    stream.rewind(mark)
+    stream.sampling = Sampling(decoding="greedy")
+    assert not torch.equal(stream.read(1000), first)
+
+
+def test_window_carry_is_refused_with_the_fix() -> None:
+    with pytest.raises(ConfigError, match="carry=auto or carry=state"):
+        Stream(tiny(), noise_batch(rows=1)[0], carry="window")
+
+
+def test_a_prime_shorter_than_the_plan_reach_still_plays() -> None:
+    model = tiny().eval()
+    model.net.codebook.fit(torch.randn(200, 80))
+    for prime in (noise_batch(rows=1)[0][:, :300], torch.zeros(1, 0), None):
+        audio = Stream(model, prime, carry="state", seed=0).read(2 * 128)
+        assert audio.shape == (1, 256) and torch.isfinite(audio).all()
+    assert model.net.begin(torch.zeros(1, 300)).codes.shape[1] >= model.net.reach + AHEAD
+
+
+def test_train_py_trains_the_plan_family_and_its_checkpoint_generates(make_cfg) -> None:
+    cfg = make_cfg("train", [*TINY_OVERRIDES, "trainer.max_steps=6", "model.codebook_frames=200"])
+    value = train(cfg)
+    assert value is not None and math.isfinite(value)
+    out = Path(cfg.paths.output_dir)
+    last = out / "checkpoints" / "last.ckpt"
+    module = load_module(last)  # weights_only
+    assert isinstance(module, PlanModule) and bool(module.net.codebook.fitted)
+    assert (out / "samples" / "prime0_latest.wav").is_file()
+    prime = noise_batch(rows=2)[0]
+    carry = resolve_carry("auto", module, "windows")
+    audio = generate_long(module, prime, SR // 2, carry=carry, seed=0)
+    assert audio.shape == (2, SR // 2)
+    assert all(audio_sanity(row.numpy(), SR)["verdict"] != "silent" for row in audio)
