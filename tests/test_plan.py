@@ -204,17 +204,26 @@ def test_a_prime_shorter_than_the_plan_reach_still_plays() -> None:
     assert model.net.begin(torch.zeros(1, 300)).codes.shape[1] >= model.net.reach + AHEAD
 
 
-def test_train_py_trains_the_plan_family_and_its_checkpoint_generates(make_cfg) -> None:
-    cfg = make_cfg("train", [*TINY_OVERRIDES, "trainer.max_steps=6", "model.codebook_frames=200"])
+def test_train_py_trains_the_plan_family_resumes_and_its_checkpoint_generates(make_cfg) -> None:
+    overrides = [*TINY_OVERRIDES, "model.codebook_frames=200"]
+    cfg = make_cfg("train", [*overrides, "trainer.max_steps=4"])
     value = train(cfg)
     assert value is not None and math.isfinite(value)
     out = Path(cfg.paths.output_dir)
-    last = out / "checkpoints" / "last.ckpt"
-    module = load_module(last)  # weights_only
+    module = load_module(out / "checkpoints" / "last.ckpt")  # weights_only
     assert isinstance(module, PlanModule) and bool(module.net.codebook.fitted)
     assert (out / "samples" / "prime0_latest.wav").is_file()
+
+    resumed = make_cfg("train", [*overrides, "trainer.max_steps=6", "ckpt_path=last"], run="on")
+    train(resumed)
+    last = Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 6
+    again = load_module(last)
+    assert torch.equal(again.net.codebook.centroids, module.net.codebook.centroids)  # not refitted
+    assert not torch.equal(again.net.renderer.out.weight, module.net.renderer.out.weight)
+
     prime = noise_batch(rows=2)[0]
-    carry = resolve_carry("auto", module, "windows")
-    audio = generate_long(module, prime, SR // 2, carry=carry, seed=0)
+    carry = resolve_carry("auto", again, "windows")
+    audio = generate_long(again, prime, SR // 2, carry=carry, seed=0)
     assert audio.shape == (2, SR // 2)
     assert all(audio_sanity(row.numpy(), SR)["verdict"] != "silent" for row in audio)
