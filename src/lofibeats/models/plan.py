@@ -91,11 +91,13 @@ class PlanModule(LofiModule):
         logits = net.plan(inputs.flatten(0, 1))
         return F.cross_entropy(logits, codes[:, targets].flatten())
 
-    def _render_nats(self, audio: torch.Tensor, first: int, offset: int) -> torch.Tensor:
-        """The renderer's cross-entropy over `render_len` samples from `first + offset`."""
+    def _render_nats(
+        self, audio: torch.Tensor, frames: torch.Tensor, first: int, offset: int
+    ) -> torch.Tensor:
+        """The renderer's cross-entropy over `render_len` samples from `first + offset`, given
+        the audio's log-mel `frames`."""
         hop, length = self.config.hop, self.config.render_len
         start = first + offset
-        frames = self.net.frames(audio)
         lo, hi = start // hop - AHEAD, (start + length) // hop + AHEAD
         return self.net.renderer.loss(audio[:, : start + length], frames[:, lo:hi], start)
 
@@ -116,18 +118,21 @@ class PlanModule(LofiModule):
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         prev, nxt = batch
         audio, first = self._window(prev, nxt)
-        frames = self.net.frames(audio)
+        mel = self.net.frames
+        power = mel.power(audio)
         plan = None
         if self.net.codebook.fitted:
-            plan = self._plan_nats(frames, first // self.config.hop)
+            plan = self._plan_nats(mel.scaled(power), first // self.config.hop)
         else:
-            self._collect(frames)
-        rows = audio[: self.config.render_rows]
-        gain = torch.empty(len(rows), 1, device=rows.device).uniform_(*GAIN_LOG_RANGE).exp()
-        sign = torch.randint(0, 2, (len(rows), 1), device=rows.device) * 2 - 1
+            self._collect(mel.scaled(power))
+        rows = len(audio[: self.config.render_rows])
+        gain = torch.empty(rows, 1, device=audio.device).uniform_(*GAIN_LOG_RANGE).exp()
+        sign = torch.randint(0, 2, (rows, 1), device=audio.device) * 2 - 1
         spare = (nxt.shape[1] - self.config.render_len) // self.config.hop - AHEAD
         offset = int(torch.randint(0, spare + 1, ())) * self.config.hop
-        render = self._render_nats((rows * gain * sign).clamp(-1.0, 1.0), first, offset)
+        louder = (audio[:rows] * gain * sign).clamp(-1.0, 1.0)
+        frames = mel.scaled(power[:rows] * gain[:, :, None] ** 2)  # the gained audio's frames
+        render = self._render_nats(louder, frames, first, offset)
         loss = render if plan is None else render + plan
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/render_bits", render / math.log(2))
@@ -138,10 +143,12 @@ class PlanModule(LofiModule):
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         prev, nxt = batch
         audio, first = self._window(prev, nxt)
-        render = self._render_nats(audio[: self.config.render_rows], first, 0) / math.log(2)
+        frames = self.net.frames(audio)
+        rows = self.config.render_rows
+        render = self._render_nats(audio[:rows], frames[:rows], first, 0) / math.log(2)
         plan = None
         if self.net.codebook.fitted:
-            plan = self._plan_nats(self.net.frames(audio), first // self.config.hop)
+            plan = self._plan_nats(frames, first // self.config.hop)
         plan_nats = math.log(self.config.codes) if plan is None else plan
         bits = render + plan_nats / (self.config.hop * math.log(2))
         self.log("val/loss", bits, prog_bar=True, sync_dist=True)

@@ -55,10 +55,19 @@ class LogMel(nn.Module):
         )
 
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.scaled(self.power(audio))
+
+    def power(self, audio: torch.Tensor) -> torch.Tensor:
+        """(B, T) audio -> (B, n_mels, T // hop) mel power: linear in the audio's power, so a
+        gain g scales it by g**2 (training reuses it for its gained copies)."""
         count = audio.shape[-1] // self.hop
         pad = 4 * self.hop  # whole frames of silence before audio too short to reflect-pad
-        mel = self.mel(F.pad(audio.float(), (pad, 0)))[..., pad // self.hop :][..., :count]
-        return ((torch.log(mel + LOG_FLOOR) + LOG_SHIFT) / LOG_SCALE).transpose(-1, -2)
+        return self.mel(F.pad(audio.float(), (pad, 0)))[..., pad // self.hop :][..., :count]
+
+    @staticmethod
+    def scaled(power: torch.Tensor) -> torch.Tensor:
+        """Mel power -> (B, frames, n_mels) log-mel frames, roughly unit scale."""
+        return ((torch.log(power + LOG_FLOOR) + LOG_SHIFT) / LOG_SCALE).transpose(-1, -2)
 
 
 class Codebook(nn.Module):
