@@ -103,7 +103,9 @@ def bench_render(args: argparse.Namespace) -> None:
 
 def bench_stream(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
-    module = PlanModule(sr=args.sr, prev_len_max=4 * args.sr, next_len=16384).eval()
+    module = PlanModule(
+        sr=args.sr, prev_len_max=4 * args.sr, next_len=16384, render="samples"
+    ).eval()
     frames = module.net.frames(0.2 * torch.randn(8, 4 * args.sr))
     module.net.codebook.fit(frames.flatten(0, 1))
     prime = 0.2 * torch.randn(1, module.context_len, generator=torch.Generator().manual_seed(2))
@@ -120,7 +122,8 @@ def bench_stream(args: argparse.Namespace) -> None:
         wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
         audio[engine], timings[engine] = torch.cat(pieces, 1), (wall, cpu, stream.engine)
     header(
-        f"2. stream: PlanModule(sr={args.sr}, prev_len_max={4 * args.sr}, next_len=16384), "
+        f"2. stream: PlanModule(sr={args.sr}, prev_len_max={4 * args.sr}, next_len=16384, "
+        f"render='samples'), "
         f"untrained, {args.seconds:g} s read in {READ_S:g}-s pieces"
     )
     baseline = n / timings["reference"][0]

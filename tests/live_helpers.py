@@ -75,12 +75,13 @@ def write_run(
 
 
 def tiny_plan() -> PlanModule:
-    """A plan model that reads 2 beats of up to 0.25 s back, its codebook fitted on noise."""
+    """A plan model that reads 2 beats of up to 0.25 s back, its codebook and grains fitted on
+    noise."""
     module = PlanModule(
         sr=SR, prev_len_max=4096, next_len=512, period_min="0.1s", period_max="0.25s",
         beats=2, render_len=256, hidden=16, plan_hidden=32, layers=1, codes=16,
     )  # fmt: skip
-    module.net.codebook.fit(torch.randn(200, 80, generator=torch.Generator().manual_seed(0)))
+    module.net.fit_codes([0.2 * torch.randn(4, 4096, generator=torch.Generator().manual_seed(0))])
     return module
 
 

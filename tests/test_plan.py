@@ -42,9 +42,19 @@ TINY_OVERRIDES = [
 ]
 
 
+RENDERS = ["grains", "samples"]
+
+
 def tiny(**overrides) -> PlanModule:
     torch.manual_seed(0)
     return PlanModule(**{**TINY, **overrides})
+
+
+def fitted(render: str = "grains") -> PlanModule:
+    """The tiny model in eval mode, its codebook (and grains) fitted on noise."""
+    model = tiny(render=render).eval()
+    model.net.fit_codes([noise_batch(rows=4, seed=9)[0]])
+    return model
 
 
 def noise_batch(rows: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,8 +147,8 @@ def test_the_plan_reads_its_beat_lags_in_training_and_generation_alike() -> None
     assert torch.equal(planned[:, 60:], codes[:, 60:87])
 
 
-def test_training_fits_the_codebook_then_trains_the_plan() -> None:
-    model = tiny(codebook_frames=288)
+def test_training_fits_the_codebook_then_trains_the_plan_and_the_sample_renderer() -> None:
+    model = tiny(codebook_frames=288, render="samples")
     opt = model.configure_optimizers()
     losses = []
     for step in range(3):
@@ -155,6 +165,24 @@ def test_training_fits_the_codebook_then_trains_the_plan() -> None:
     assert losses[2] > losses[1]  # the plan's cross-entropy joins the renderer's
 
 
+def test_with_grains_training_fits_codebook_and_grains_then_trains_only_the_plan() -> None:
+    model = tiny(codebook_frames=288)
+    assert model.net.renderer is None
+    batches = [noise_batch(seed=step) for step in range(3)]
+    assert model.training_step(batches[0], 0) is None  # collecting: nothing to train yet
+    assert model.training_step(batches[1], 1) is None  # now the codebook and grains are fitted
+    bank = model.net.grains
+    assert bool(model.net.codebook.fitted) and int(bank.count.min()) > 0
+    audio = torch.cat([torch.cat(batch, 1) for batch in batches[:2]])
+    every = audio.unfold(1, 2 * bank.hop, 1)  # every 2-hop stretch of the two batches
+    grain = bank.grains[0, 0].float()
+    assert (every - grain).abs().amax(-1).min() < 1e-3  # a grain is real audio of the batches
+    loss = model.training_step(batches[2], 2)
+    loss.backward()
+    assert loss.item() == pytest.approx(math.log(16), rel=0.2)  # the plan's CE over 16 codes
+    assert all(p.grad is not None for p in model.net.plan.parameters())
+
+
 def played(model: PlanModule, sizes: list[int], total: int, **knobs) -> torch.Tensor:
     prime = noise_batch(rows=2)[0]
     stream = Stream(model, prime, sampling=Sampling(temperature=0.9), carry="state", seed=3)
@@ -166,9 +194,9 @@ def played(model: PlanModule, sizes: list[int], total: int, **knobs) -> torch.Te
     return torch.cat(pieces, 1)[:, :total]
 
 
-def test_streams_give_the_same_audio_for_any_read_sizes() -> None:
-    model = tiny().eval()
-    model.net.codebook.fit(torch.randn(200, 80))
+@pytest.mark.parametrize("render", RENDERS)
+def test_streams_give_the_same_audio_for_any_read_sizes(render: str) -> None:
+    model = fitted(render)
     assert isinstance(model.net, PlannedNet)
     assert resolve_carry("auto", model, "windows") == "state"
     reads = [played(model, sizes, 1500) for sizes in ([1], [37], [4096])]
@@ -176,9 +204,11 @@ def test_streams_give_the_same_audio_for_any_read_sizes() -> None:
     assert reads[0].abs().max() <= 1.0 and reads[0].std() > 0.01
 
 
-def test_a_rewound_stream_plays_the_same_again_and_a_knob_changes_what_follows() -> None:
-    model = tiny().eval()
-    model.net.codebook.fit(torch.randn(200, 80))
+@pytest.mark.parametrize("render", RENDERS)
+def test_a_rewound_stream_plays_the_same_again_and_a_knob_changes_what_follows(
+    render: str,
+) -> None:
+    model = fitted(render)
     stream = Stream(model, noise_batch(rows=1)[0], carry="state", seed=0)
     stream.read(700)
     mark = stream.mark()
@@ -195,9 +225,9 @@ def test_window_carry_is_refused_with_the_fix() -> None:
         Stream(tiny(), noise_batch(rows=1)[0], carry="window")
 
 
-def test_a_prime_shorter_than_the_plan_reach_still_plays() -> None:
-    model = tiny().eval()
-    model.net.codebook.fit(torch.randn(200, 80))
+@pytest.mark.parametrize("render", RENDERS)
+def test_a_prime_shorter_than_the_plan_reach_still_plays(render: str) -> None:
+    model = fitted(render)
     for prime in (noise_batch(rows=1)[0][:, :300], torch.zeros(1, 0), None):
         audio = Stream(model, prime, carry="state", seed=0).read(2 * 128)
         assert audio.shape == (1, 256) and torch.isfinite(audio).all()
@@ -220,7 +250,8 @@ def test_train_py_trains_the_plan_family_resumes_and_its_checkpoint_generates(ma
     assert torch.load(last, weights_only=True)["global_step"] == 6
     again = load_module(last)
     assert torch.equal(again.net.codebook.centroids, module.net.codebook.centroids)  # not refitted
-    assert not torch.equal(again.net.renderer.out.weight, module.net.renderer.out.weight)
+    assert torch.equal(again.net.grains.grains, module.net.grains.grains)
+    assert not torch.equal(again.net.plan.net[-1].weight, module.net.plan.net[-1].weight)
 
     prime = noise_batch(rows=2)[0]
     carry = resolve_carry("auto", again, "windows")

@@ -148,7 +148,8 @@ TINY = dict(
     layers=1,
     codes=16,
     codebook_frames=100,
-)  # fmt: skip  (tests/test_plan.py's tiny model)
+    render="samples",
+)  # fmt: skip  (tests/test_plan.py's tiny model, its sample renderer)
 
 
 @functools.cache

@@ -312,10 +312,13 @@ class Continuation:
         self.device = module.device
         self.backend: Backend | None = None
         self.render: RenderLoop | None = None  # a planned net's render loop (Stream runs it)
+        self.grains = False
         if isinstance(self.net, AutoregressiveNet):
             self.backend = backend_for(self.net.decoder_weights(), engine, self.device, precision)
-        elif isinstance(self.net, PlannedNet):
+        elif isinstance(self.net, PlannedNet) and self.net.renderer is not None:
             self.render = render_loop_for(self.net.renderer, engine, self.device)
+        elif isinstance(self.net, PlannedNet):
+            self.grains = True  # grains play its plan: no sample loop to run
         elif engine == "fused":
             raise ConfigError(
                 f"engine=fused: the {module.family} model has no fused engine; "
@@ -327,6 +330,8 @@ class Continuation:
         """What runs, for messages: "reference", "fused (C kernel)" or "fused (torch)"."""
         if self.render is not None:
             return render_loop_name(self.render)
+        if self.grains:
+            return "grains"
         return "reference" if self.backend is None else self.backend.name
 
     def check(self, sampling: Sampling) -> Sampling:

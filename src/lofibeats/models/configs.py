@@ -46,6 +46,7 @@ KL_DEFAULTS: dict[str, Any] = {
 }
 #: keys that checkpoints of lofibeats 0.1 stored as model hyperparameters and that are no longer
 #: model config (decoding knobs moved to inference, z-sample logging to a callback)
+RENDERERS = ("grains", "samples")  # what plays a plan (PlanConfig.render)
 RETIRED_KEYS = ("decoding", "temperature", "top_p", "creativity", "log_z_samples", "log_z_seconds")
 
 
@@ -347,7 +348,10 @@ class PlanConfig(ModelConfig):
     plan_hidden: int = 768
     layers: int = 2  # the plan MLP's hidden layers
     plan_dropout: float = 0.0
-    hidden: int = 256  # the renderer's width
+    render: str = "grains"  # what plays the plan: "grains" of training audio, or "samples"
+    grains: int = 32  # grains kept per code (render="grains") ...
+    grain_memory: int = 64  # ... none replayed within this many frames
+    hidden: int = 256  # the sample renderer's width (render="samples")
     render_past: int = 256  # samples the renderer reads before the one it predicts
     render_rows: int = 16  # windows per batch the renderer trains on ...
     render_len: int | str = 2048  # ... and samples of each
@@ -387,15 +391,19 @@ class PlanConfig(ModelConfig):
                 f"({reach / sr:.2f} s): set data.prev_len_min and data.prev_len_max to "
                 f"{math.ceil(reach / sr)}s (experiment=plan_16k does)"
             )
+        render = choice(values["render"], RENDERERS, "model.render")
         render_len = to_samples(values["render_len"], sr, "model.render_len")
-        if next_len % hop or next_len < render_len + 2 * hop:
-            raise ConfigError(
-                f"data.next_len={next_len}: use a multiple of model.hop ({hop} samples) of at "
-                f"least model.render_len + 2 frames ({render_len + 2 * hop} samples)"
-            )
         if render_len % hop:
             raise ConfigError(
                 f"model.render_len={values['render_len']!r}: use a multiple of model.hop ({hop})"
+            )
+        # plan targets need a frame past the renderer's reach; a sample renderer, its samples too
+        least = (render_len if render == "samples" else hop) + 2 * hop
+        if next_len % hop or next_len < least:
+            raise ConfigError(
+                f"data.next_len={next_len}: use a multiple of model.hop ({hop} samples) of at "
+                f"least {least} samples"
+                + (" (model.render_len + 2 frames)" if render == "samples" else "")
             )
         return cls(
             sr=sr,
@@ -415,6 +423,9 @@ class PlanConfig(ModelConfig):
             plan_dropout=number(
                 values["plan_dropout"], "model.plan_dropout", low=0.0, high=1.0, high_open=True
             ),
+            render=render,
+            grains=count("grains"),
+            grain_memory=count("grain_memory", 0),
             hidden=count("hidden"),
             render_past=count("render_past"),
             render_rows=count("render_rows"),

@@ -153,9 +153,10 @@ class PlannedNet(Protocol):
     """A family that carries its own state from block to block and decodes it itself (the
     plan family: its plan of frame codes, the beat period, the last samples). States are
     values: a block returns a new one and never changes the one it was given. `renderer` is
-    the network whose sample loop a backend may run instead (`render=`)."""
+    the network whose sample loop a backend may run instead (`render=`); None where the
+    family plays its plan another way (grains)."""
 
-    renderer: nn.Module
+    renderer: nn.Module | None
 
     def begin(self, prime: torch.Tensor) -> Any:
         """The state after `prime` ([B, T] audio in [-1, 1])."""

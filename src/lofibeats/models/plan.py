@@ -1,27 +1,30 @@
-"""The plan family's training recipe: a beat plan of frame codes and a renderer, from one batch.
+"""The plan family's training recipe: a beat plan of frame codes and what plays it, from one batch.
 
 Batches are `(prev, next)` windows as for every family; `prev` must hold the plan's reach (4 beats
 of the longest period: `data.prev_len_min` = `data.prev_len_max` = 4 s, `experiment=plan_16k`).
-Every step trains both halves of `PlanNet` (`lofibeats.models.plan_net`):
+The steps train `PlanNet` (`lofibeats.models.plan_net`):
 
-- **Codebook.** The first steps collect the windows' log-mel frames; once `codebook_frames` are
-  in, k-means fits the codebook (seeded; under DDP rank 0's is broadcast) and it stays fixed.
-  Until then only the renderer trains.
+- **Codebook and grains.** The first steps collect the windows' audio and log-mel frames; once
+  `codebook_frames` are in, k-means fits the codebook and (`render="grains"`) the grain bank
+  keeps `grains` of those windows' grains per code (both seeded; under DDP rank 0's are
+  broadcast); both stay fixed. Until then only a sample renderer trains, if there is one.
 - **Plan.** Every frame of `next` (but the last AHEAD, whose frames see the window's edge) is a
   target: its code given the codes `near` frames and 1..`beats` periods back, the period
   measured on `prev` as generation measures it on the prime. Windows whose `prev` is mostly
   silence are left out. Cross-entropy in nats/frame.
-- **Renderer.** `render_rows` windows, `render_len` samples each at a random frame of `next`,
-  given their real log-mel frames (teacher forcing: generation gives it the plan's centroids),
-  under a random gain (-6 to +2.6 dB) and polarity, so it renders any loudness of either sign.
+- **Sample renderer** (`render="samples"` only). `render_rows` windows, `render_len` samples
+  each at a random frame of `next`, given their real log-mel frames (teacher forcing:
+  generation gives it the plan's centroids), under a random gain (-6 to +2.6 dB) and polarity,
+  so it renders any loudness of either sign.
 
-`val/loss` is bits/sample of the audio: the renderer's plus the plan's nats per frame spread
-over its `hop` samples.
+`val/loss` is the plan's nats/frame with grains; with the sample renderer, bits/sample of the
+audio: the renderer's plus the plan's nats per frame spread over its `hop` samples.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -59,10 +62,14 @@ class PlanModule(LofiModule):
             plan_hidden=c.plan_hidden,
             plan_layers=c.layers,
             plan_dropout=c.plan_dropout,
+            render=c.render,
             render_hidden=c.hidden,
             render_past=c.render_past,
+            grains=c.grains,
+            grain_memory=c.grain_memory,
         )
-        self._collected: list[torch.Tensor] = []  # frames for the codebook, until it is fitted
+        # (audio, frames) of the first batches, for the codebook and grains, until fitted
+        self._collected: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # ----------------------------------------------------------------- pieces
     def _window(self, prev: torch.Tensor, nxt: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -101,20 +108,27 @@ class PlanModule(LofiModule):
         lo, hi = start // hop - AHEAD, (start + length) // hop + AHEAD
         return self.net.renderer.loss(audio[:, : start + length], frames[:, lo:hi], start)
 
-    def _collect(self, frames: torch.Tensor) -> None:
-        """Keep frames for the codebook; fit it once `codebook_frames` are in."""
-        self._collected.append(frames.detach().flatten(0, 1).float().cpu())
-        have = sum(len(f) for f in self._collected)
+    def _collect(self, audio: torch.Tensor, frames: torch.Tensor) -> None:
+        """Keep a batch's audio and frames; once `codebook_frames` are in, fit the codebook on
+        them (and fill the grain bank from their audio)."""
+        self._collected.append((audio.detach().float().cpu(), frames.detach().float().cpu()))
+        have = sum(f.shape[0] * f.shape[1] for _, f in self._collected)
         if have < self.config.codebook_frames:
             return
-        codebook = self.net.codebook
-        codebook.fit(torch.cat(self._collected)[: self.config.codebook_frames])
+        net = self.net
+        audio, frames = zip(*self._collected, strict=True)
+        net.fit_codes(list(audio), list(frames), self.config.codebook_frames)
         self._collected = []
         if self._trainer is not None and self.trainer.world_size > 1:
-            centroids = self.trainer.strategy.broadcast(codebook.centroids, src=0)
-            codebook.centroids.copy_(centroids)
+            for buffer in (net.codebook.centroids, *(net.grains.buffers() if net.grains else ())):
+                buffer.copy_(self.trainer.strategy.broadcast(buffer, src=0))
 
     # ---------------------------------------------------------------- training
+    def on_fit_start(self) -> None:
+        # with grains, the batches that fill the codebook have nothing to train: their step
+        # returns None (Lightning skips it), which is on purpose
+        warnings.filterwarnings("ignore", message=r".*`training_step` returned `None`")
+
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
         prev, nxt = batch
         audio, first = self._window(prev, nxt)
@@ -124,15 +138,13 @@ class PlanModule(LofiModule):
         if self.net.codebook.fitted:
             plan = self._plan_nats(mel.scaled(power), first // self.config.hop)
         else:
-            self._collect(mel.scaled(power))
-        rows = len(audio[: self.config.render_rows])
-        gain = torch.empty(rows, 1, device=audio.device).uniform_(*GAIN_LOG_RANGE).exp()
-        sign = torch.randint(0, 2, (rows, 1), device=audio.device) * 2 - 1
-        spare = (nxt.shape[1] - self.config.render_len) // self.config.hop - AHEAD
-        offset = int(torch.randint(0, spare + 1, ())) * self.config.hop
-        louder = (audio[:rows] * gain * sign).clamp(-1.0, 1.0)
-        frames = mel.scaled(power[:rows] * gain[:, :, None] ** 2)  # the gained audio's frames
-        render = self._render_nats(louder, frames, first, offset)
+            self._collect(audio, mel.scaled(power))
+        if self.net.renderer is None:  # grains play the plan: only the plan trains
+            if plan is not None:
+                self.log("train/loss", plan, prog_bar=True)
+                self.log("train/plan_nats", plan)
+            return plan
+        render = self._gained_render_nats(audio, power, first, nxt.shape[1])
         loss = render if plan is None else render + plan
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/render_bits", render / math.log(2))
@@ -140,22 +152,39 @@ class PlanModule(LofiModule):
             self.log("train/plan_nats", plan)
         return loss
 
+    def _gained_render_nats(
+        self, audio: torch.Tensor, power: torch.Tensor, first: int, next_len: int
+    ) -> torch.Tensor:
+        """The sample renderer's loss on `render_rows` windows under a random gain and polarity,
+        from a random frame of next; `power` is the windows' mel power."""
+        rows = len(audio[: self.config.render_rows])
+        gain = torch.empty(rows, 1, device=audio.device).uniform_(*GAIN_LOG_RANGE).exp()
+        sign = torch.randint(0, 2, (rows, 1), device=audio.device) * 2 - 1
+        spare = (next_len - self.config.render_len) // self.config.hop - AHEAD
+        offset = int(torch.randint(0, spare + 1, ())) * self.config.hop
+        louder = (audio[:rows] * gain * sign).clamp(-1.0, 1.0)
+        frames = self.net.frames.scaled(power[:rows] * gain[:, :, None] ** 2)
+        return self._render_nats(louder, frames, first, offset)
+
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         prev, nxt = batch
         audio, first = self._window(prev, nxt)
         frames = self.net.frames(audio)
-        rows = self.config.render_rows
-        render = self._render_nats(audio[:rows], frames[:rows], first, 0) / math.log(2)
         plan = None
         if self.net.codebook.fitted:
             plan = self._plan_nats(frames, first // self.config.hop)
         plan_nats = math.log(self.config.codes) if plan is None else plan
+        if plan is not None:
+            self.log("val/plan_nats", plan, sync_dist=True)
+        if self.net.renderer is None:
+            self.log("val/loss", plan_nats, prog_bar=True, sync_dist=True)
+            return
+        rows = self.config.render_rows
+        render = self._render_nats(audio[:rows], frames[:rows], first, 0) / math.log(2)
         bits = render + plan_nats / (self.config.hop * math.log(2))
         self.log("val/loss", bits, prog_bar=True, sync_dist=True)
         self.log("val/bits_per_sample", bits, sync_dist=True)
         self.log("val/render_bits", render, sync_dist=True)
-        if plan is not None:
-            self.log("val/plan_nats", plan, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(

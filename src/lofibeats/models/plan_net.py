@@ -11,12 +11,15 @@ So this family generates in two stages, every `hop` samples (16 ms):
    predicts the next code from the codes `near` frames back and 1..`beats` periods back (and a
    frame either side of one period back): what the last bars did at this point of the beat is an
    input, not something to find.
-2. **Render.** `Renderer` predicts each mu-law sample from the `render_past` samples before it
-   and the planned frames around it (the codes' centroids, through two 3-wide convs, so a frame's
-   samples are rendered once the plan is two frames further on). Its output goes through a causal
-   DC blocker: the renderer's output drifts off zero, music does not.
+2. **Render.** By default (`render="grains"`, `lofibeats.models.grains`) each planned frame
+   plays a real training grain of its code, overlap-added: a code says what its 16 ms sound
+   like, and real grains keep the music's tone where a sample-level model trained for a CPU-hour
+   hisses. `render="samples"` keeps that model: `Renderer` predicts each mu-law sample from the
+   `render_past` samples before it and the planned frames around it (the codes' centroids,
+   through two 3-wide convs, so a frame's samples are rendered once the plan is two frames
+   further on); its output goes through a causal DC blocker.
 
-Generation carries its state (`PlanState`: the plan so far, the period, the last samples) from
+Generation carries its state (`PlanState`: the plan so far, the period, the renderer's voice) from
 block to block, so a stream costs the same per sample forever and its audio does not depend on
 how it is read.
 """
@@ -32,6 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lofibeats.audio.mulaw import N_CLASSES, dequantize, quantize
+from lofibeats.models.grains import GrainBank, GrainVoice
 from lofibeats.models.heads import sample_classes
 from lofibeats.models.sampling import Sampling
 
@@ -216,20 +220,27 @@ def companded(tokens: torch.Tensor) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
+class SampleVoice:
+    """The sample renderer's state between blocks: `past` [B, render_past] the last samples,
+    companded; `dc` [B, 2] the DC blocker's last input and output."""
+
+    past: torch.Tensor
+    dc: torch.Tensor
+
+
+@dataclass(frozen=True)
 class PlanState:
     """Where a take stands between blocks. Tensors are only ever rebound, never written into,
     so a state can be kept and returned to (`Stream.mark` / `rewind`).
 
     `codes` [B, F]: the plan so far (the prime's codes, then planned ones), of which the last
     `ahead` frames are planned but not yet rendered; `period` [B]: beat periods in frames;
-    `past` [B, render_past]: the last samples, companded; `dc` [B, 2]: the DC blocker's last
-    input and output.
+    `voice`: the renderer's state (`SampleVoice` or `GrainVoice`).
     """
 
     codes: torch.Tensor
     period: torch.Tensor
-    past: torch.Tensor
-    dc: torch.Tensor
+    voice: SampleVoice | GrainVoice
     ahead: int = 0
 
 
@@ -250,15 +261,37 @@ class PlanNet(nn.Module):
         plan_hidden: int,
         plan_layers: int,
         plan_dropout: float,
+        render: str,
         render_hidden: int,
         render_past: int,
+        grains: int,
+        grain_memory: int,
     ) -> None:
         super().__init__()
         self.hop, self.period_min, self.period_max = hop, period_min, period_max
         self.frames = LogMel(sr, hop, n_mels)
         self.codebook = Codebook(codes, n_mels)
         self.plan = BeatPlan(codes, near, beats, plan_width, plan_hidden, plan_layers, plan_dropout)
-        self.renderer = Renderer(n_mels, render_hidden, render_past, hop)
+        #: what plays the plan: a GrainBank (render="grains") or a sample-level Renderer
+        self.renderer = (
+            Renderer(n_mels, render_hidden, render_past, hop) if render == "samples" else None
+        )
+        self.grains = GrainBank(codes, grains, hop, grain_memory) if render == "grains" else None
+
+    @torch.no_grad()
+    def fit_codes(
+        self,
+        audio: list[torch.Tensor],
+        frames: list[torch.Tensor] | None = None,
+        limit: int | None = None,
+    ) -> None:
+        """Fit the codebook on the first `limit` frames of batches of (B, T) `audio` (their
+        log-mel `frames`, computed when not given) and fill the grain bank from the audio."""
+        frames = frames if frames is not None else [self.frames(a) for a in audio]
+        self.codebook.fit(torch.cat([f.flatten(0, 1) for f in frames])[:limit])
+        if self.grains is not None:
+            codes = [self.codebook.encode(f) for f in frames]
+            self.grains.fit(audio, codes, self.codebook.centroids)
 
     @property
     def reach(self) -> int:
@@ -297,17 +330,16 @@ class PlanNet(nn.Module):
         short = self.reach + AHEAD - codes.shape[1]
         if short > 0:
             codes = torch.cat([codes[:, :1].expand(-1, short), codes], 1)
+        voice = self.grains.begin(prime) if self.grains is not None else self._sample_voice(prime)
+        return PlanState(codes=codes, period=self.periods(frames), voice=voice)
+
+    def _sample_voice(self, prime: torch.Tensor) -> SampleVoice:
         past_len = self.renderer.past_len
         tokens = quantize(prime[:, -past_len:])
         missing = past_len - tokens.shape[1]
         if missing > 0:
             tokens = F.pad(tokens, (missing, 0), value=N_CLASSES // 2)
-        return PlanState(
-            codes=codes,
-            period=self.periods(frames),
-            past=companded(tokens),
-            dc=prime.new_zeros(len(prime), 2),
-        )
+        return SampleVoice(past=companded(tokens), dc=prime.new_zeros(len(prime), 2))
 
     @torch.no_grad()
     def block(
@@ -319,9 +351,9 @@ class PlanNet(nn.Module):
         render: RenderLoop | None = None,
     ) -> tuple[torch.Tensor, PlanState]:
         """The next `n_samples` (a multiple of hop) of every row, [B, n] in [-1, 1], and the
-        state after them. The plan's codes are drawn with `sampling`; the renderer samples at
-        `RENDER_TEMPERATURE`, its loop run by `render` (None: `render_reference`)."""
-        render = render or render_reference
+        state after them. The plan's codes are drawn with `sampling`; grains play them, or the
+        sample renderer at `RENDER_TEMPERATURE`, its loop run by `render` (None:
+        `render_reference`)."""
         if n_samples % self.hop:
             raise ValueError(f"a plan block is whole frames: {n_samples} % {self.hop} != 0")
         count = n_samples // self.hop
@@ -329,14 +361,32 @@ class PlanNet(nn.Module):
             state.codes, state.period, count + AHEAD - state.ahead, sampling, generator
         )
         first = codes.shape[1] - AHEAD - count  # the first frame this block renders
-        frames = self.codebook.decode(codes[:, first - AHEAD :])
-        cond = self.renderer.condition(frames)
+        if self.grains is not None:  # frame f's hop needs f + 1's grain: planned already
+            start = first if state.voice.tail is None else first + 1
+            audio, voice = self.grains.render(codes[:, start : first + count + 1], state.voice)
+        else:
+            audio, voice = self._render_samples(
+                codes[:, first - AHEAD :], state.voice, generator, render
+            )
+        keep = self.reach + 2 * AHEAD + count
+        return audio, replace(state, codes=codes[:, -keep:], voice=voice, ahead=AHEAD)
+
+    def _render_samples(
+        self,
+        codes: torch.Tensor,
+        voice: SampleVoice,
+        generator: torch.Generator | None,
+        render: RenderLoop | None,
+    ) -> tuple[torch.Tensor, SampleVoice]:
+        """The sample renderer over (B, K + 2 * AHEAD) codes: K frames of audio."""
+        render = render or render_reference
+        cond = self.renderer.condition(self.codebook.decode(codes))
+        n_samples = cond.shape[1] * self.hop
         gen_device = generator.device if generator is not None else cond.device
         uniforms = torch.rand(len(cond), n_samples, generator=generator, device=gen_device)
-        tokens, past = render(self.renderer, state.past, cond, uniforms.to(cond.device))
-        audio, dc = dc_free(dequantize(tokens), state.dc)
-        keep = self.reach + 2 * AHEAD + count
-        return audio, replace(state, codes=codes[:, -keep:], past=past, dc=dc, ahead=AHEAD)
+        tokens, past = render(self.renderer, voice.past, cond, uniforms.to(cond.device))
+        audio, dc = dc_free(dequantize(tokens), voice.dc)
+        return audio, SampleVoice(past=past, dc=dc)
 
     def _plan(
         self,

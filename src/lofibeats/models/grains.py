@@ -1,0 +1,129 @@
+"""The plan family's grain renderer: each planned frame plays a real training grain of its code.
+
+Measured (DESIGN.md, "Rendering with grains"): the sample-level renderer turns a plan into hiss
+(spectral flatness 4x the real music's), because in a CPU-hour it learns texture, not tone. A
+frame's code already says what the 16 ms sound like, so the bank keeps, for every code, `size`
+grains of the training audio whose frames got that code (2 hops each, centred on the frame) and
+overlap-adds one per planned frame under a Hann window (the two halves sum to one). Which of
+a code's grains plays is the one whose first half best continues the grain before it (the join
+cost of unit-selection synthesis), leaving out the grains played in the last `memory` frames,
+so a held code does not repeat one grain into a 62.5-Hz buzz.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass(frozen=True)
+class GrainVoice:
+    """A grain take's state between blocks. `grain` [B, 2 * hop]: the last grain chosen, whole
+    and unwindowed (the next join is scored against its second half); `tail` [B, hop]: its
+    windowed second half, not yet played, or None before the first grain (the prime played the
+    stretch under its first half); `recent` [B, memory]: the bank slots chosen last (-1: none).
+    """
+
+    grain: torch.Tensor
+    tail: torch.Tensor | None
+    recent: torch.Tensor
+
+
+class GrainBank(nn.Module):
+    """`size` grains of 2 * `hop` samples for each of `codes` codes, filled once from training
+    audio (`fit`); `count[c]` says how many code c holds."""
+
+    def __init__(self, codes: int, size: int, hop: int, memory: int) -> None:
+        super().__init__()
+        self.hop, self.size, self.memory = hop, size, memory
+        self.register_buffer("grains", torch.zeros(codes, size, 2 * hop, dtype=torch.float16))
+        self.register_buffer("count", torch.zeros(codes, dtype=torch.long))
+        self.register_buffer("window", torch.hann_window(2 * hop, periodic=True), persistent=False)
+
+    # ---------------------------------------------------------------- filling
+    @torch.no_grad()
+    def fit(
+        self,
+        audio: list[torch.Tensor],
+        codes: list[torch.Tensor],
+        centroids: torch.Tensor,
+        seed: int = 0,
+    ) -> None:
+        """Fill the bank from batches of (B, T) `audio` and the (B, T // hop) `codes` of their
+        frames: for each code, `size` of its frames' grains drawn at random (seeded). A code no
+        frame got borrows the grains of the nearest code (by `centroids`) that has some."""
+        pairs = [self._grains(a, c, self.hop) for a, c in zip(audio, codes, strict=True)]
+        grain_codes = torch.cat([c for _, c in pairs]) if pairs else torch.zeros(0).long()
+        if not len(grain_codes):
+            raise ValueError("no whole grain in the audio: give windows longer than two frames")
+        grains = torch.cat([g for g, _ in pairs])
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(len(grain_codes), generator=gen)
+        ranked = order[torch.argsort(grain_codes[order], stable=True)]  # random within a code
+        counts = torch.bincount(grain_codes, minlength=len(self.count))
+        starts = torch.cumsum(counts, 0) - counts
+        for code in range(len(self.count)):
+            take = min(int(counts[code]), self.size)
+            members = ranked[starts[code] : starts[code] + take]
+            self.grains[code, :take] = grains[members].to(self.grains)
+            self.count[code] = take
+        self._borrow(centroids)
+
+    @staticmethod
+    def _grains(
+        audio: torch.Tensor, codes: torch.Tensor, hop: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every whole grain of (B, T) audio, (N, 2 * hop), and its frame's code, (N,)."""
+        frames = torch.arange(1, min(codes.shape[1], audio.shape[1] // hop - 1))
+        at = frames[:, None] * hop - hop + torch.arange(2 * hop)[None]
+        return audio[:, at].flatten(0, 1).float().cpu(), codes[:, frames].flatten().cpu()
+
+    def _borrow(self, centroids: torch.Tensor) -> None:
+        empty = (self.count == 0).nonzero()[:, 0]
+        if not len(empty):
+            return
+        distance = torch.cdist(centroids[empty].float(), centroids.float())
+        distance[:, self.count == 0] = float("inf")
+        nearest = distance.argmin(1)
+        self.grains[empty] = self.grains[nearest]
+        self.count[empty] = self.count[nearest]
+
+    # -------------------------------------------------------------- rendering
+    def begin(self, prime: torch.Tensor) -> GrainVoice:
+        """The voice after `prime` ([B, T] audio): its last 2 hops as the grain the first one
+        chosen must join."""
+        last = prime[:, -2 * self.hop :].float()
+        last = F.pad(last, (2 * self.hop - last.shape[1], 0))
+        recent = torch.full((len(prime), self.memory), -1, dtype=torch.long, device=prime.device)
+        return GrainVoice(grain=last, tail=None, recent=recent)
+
+    @torch.no_grad()
+    def render(self, codes: torch.Tensor, voice: GrainVoice) -> tuple[torch.Tensor, GrainVoice]:
+        """(B, K) codes of consecutive frames -> their audio and the voice after it. The hop
+        after frame f's centre is the second half of f's grain over the first half of f + 1's,
+        so K codes play K - 1 hops at a take's start and K hops after."""
+        hop, size = self.hop, self.size
+        rows = torch.arange(len(codes), device=codes.device)
+        slots = torch.arange(size, device=codes.device)
+        grain, tail, recent = voice.grain, voice.tail, voice.recent
+        out = []
+        for code in codes.unbind(1):
+            candidates = self.grains[code].float()  # (B, size, 2 * hop)
+            cost = (candidates[:, :, :hop] - grain[:, None, hop:]).pow(2).mean(-1)
+            slot_ids = code[:, None] * size + slots[None]
+            missing = slots[None] >= self.count[code][:, None]
+            played = (slot_ids[:, :, None] == recent[:, None, :]).any(-1) & ~missing
+            spared = played & (played | missing).all(1, keepdim=True)  # none left: replay
+            cost = cost.masked_fill(missing | (played & ~spared), float("inf"))
+            pick = cost.argmin(1)
+            grain = candidates[rows, pick]
+            if tail is not None:
+                out.append(tail + grain[:, :hop] * self.window[:hop])
+            tail = grain[:, hop:] * self.window[hop:]
+            if self.memory:
+                recent = torch.cat([recent[:, 1:], slot_ids[rows, pick][:, None]], 1)
+        audio = torch.cat(out, 1) if out else grain.new_zeros(len(codes), 0)
+        return audio, GrainVoice(grain=grain, tail=tail, recent=recent)

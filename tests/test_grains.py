@@ -1,0 +1,75 @@
+"""The plan family's grain bank: what it keeps, how it joins grains, and that consecutive grains
+of real audio overlap-add back to that audio."""
+
+from __future__ import annotations
+
+import torch
+
+from lofibeats.models.grains import GrainBank
+
+HOP = 16
+
+
+def noise(length: int, seed: int = 0) -> torch.Tensor:
+    return 0.3 * torch.randn(1, length, generator=torch.Generator().manual_seed(seed))
+
+
+def one_code_per_frame(audio: torch.Tensor, memory: int = 0) -> GrainBank:
+    """A bank where frame f of `audio` has code f, so a code's one grain is that frame's."""
+    frames = audio.shape[1] // HOP
+    bank = GrainBank(codes=frames, size=1, hop=HOP, memory=memory)
+    centroids = torch.arange(frames, dtype=torch.float32)[:, None]
+    bank.fit([audio], [torch.arange(frames)[None]], centroids)
+    return bank
+
+
+def test_consecutive_grains_play_back_the_audio_they_came_from() -> None:
+    audio = noise(40 * HOP)
+    bank = one_code_per_frame(audio)
+    voice = bank.begin(audio[:, : 20 * HOP])
+    first, voice = bank.render(torch.arange(20, 26)[None], voice)  # 6 grains: 5 hops at start
+    second, voice = bank.render(torch.arange(26, 31)[None], voice)  # then a hop per grain
+    played = torch.cat([first, second], 1)
+    assert played.shape == (1, 10 * HOP)
+    assert torch.allclose(played, audio[:, 20 * HOP : 30 * HOP], atol=2e-3)  # float16 grains
+
+
+def test_a_code_keeps_its_own_frames_grains_and_an_unseen_code_borrows_the_nearest() -> None:
+    audio = noise(12 * HOP)
+    codes = torch.tensor([[0, 0, 0, 2, 2, 2, 0, 0, 2, 2, 0, 0]])
+    bank = GrainBank(codes=3, size=8, hop=HOP, memory=0)
+    centroids = torch.tensor([[0.0], [1.8], [2.0]])  # code 1 (no frame) is nearest code 2
+    bank.fit([audio], [codes], centroids)
+    frames_of = {0: [1, 2, 6, 7, 10], 2: [3, 4, 5, 8, 9]}  # whole grains: frames 1..10
+    assert bank.count.tolist() == [5, 5, 5]
+    for code, frames in frames_of.items():
+        expected = {tuple(audio[0, f * HOP - HOP : f * HOP + HOP].half().tolist()) for f in frames}
+        kept = {tuple(g.tolist()) for g in bank.grains[code, :5]}
+        assert kept == expected
+    assert torch.equal(bank.grains[1], bank.grains[2])
+
+
+def test_the_grain_that_joins_best_plays_and_is_not_replayed_within_memory() -> None:
+    audio = noise(64 * HOP, seed=1)
+    bank = GrainBank(codes=1, size=4, hop=HOP, memory=3)
+    bank.fit([audio], [torch.zeros(1, 64, dtype=torch.long)], torch.zeros(1, 1))
+    grains = bank.grains[0].float()
+    voice = bank.begin(grains[2:3])  # the prime ends as grain 2 does
+    slot_of = {tuple(g.tolist()): i for i, g in enumerate(grains)}
+    picks = []
+    for _ in range(8):
+        _, voice = bank.render(torch.zeros(1, 1, dtype=torch.long), voice)
+        picks.append(slot_of[tuple(voice.grain[0].tolist())])
+    joins = [(grains[:, :HOP] - grains[2, HOP:]).pow(2).mean(1)]
+    assert picks[0] == int(joins[0].argmin())  # the best join with the prime's last hop
+    assert all(len(set(picks[i : i + 4])) == 4 for i in range(5))  # 4 slots, memory 3: a cycle
+
+
+def test_with_every_grain_recently_played_the_best_join_replays() -> None:
+    audio = noise(8 * HOP, seed=2)
+    bank = GrainBank(codes=1, size=2, hop=HOP, memory=5)
+    bank.fit([audio], [torch.zeros(1, 8, dtype=torch.long)], torch.zeros(1, 1))
+    voice = bank.begin(audio)
+    played, voice = bank.render(torch.zeros(1, 12, dtype=torch.long), voice)
+    assert played.shape == (1, 11 * HOP) and torch.isfinite(played).all()
+    assert played.abs().max() > 0.05
