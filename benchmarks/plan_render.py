@@ -1,4 +1,5 @@
-"""Benchmark the plan family's render loop: the C kernel (`lofi_render`) vs `render_reference`.
+"""Benchmark the plan family's render loop: the C kernel (`lofi_render`) vs `render_reference`, and
+whole streams with either renderer.
 
     python benchmarks/plan_render.py [--seconds 4] [--reference-seconds 1] [--sr 16000]
         [--hidden 256] [--threads 1] [--repeats 3] [--no-stream]
@@ -9,9 +10,11 @@ Random weights throughout (speed does not depend on them), batch 1, measured in 
    from random conditioning, in the C kernel (`backend_render.CRenderLoop`, best of
    `--repeats`) and in PyTorch (`plan_net.render_reference`, the baseline; timed on
    `--reference-seconds`, its cost per sample being flat).
-2. stream: a whole `Stream` of an untrained default-size `PlanModule` (its codebook fitted on
-   random frames) reading `--seconds` in 0.5-s pieces after a 4-s prime, engine=fused vs
-   engine=reference: the plan, the renderer's conditioning, the render loop and the DC blocker.
+2. stream: a whole `Stream` of an untrained default-size `PlanModule` (its codebook and grains
+   fitted on noise) reading `--seconds` in 0.5-s pieces after a 4-s prime: the sample renderer
+   with engine=reference (the baseline) and engine=fused (the plan, the renderer's
+   conditioning, the render loop and the DC blocker), and the default grains (the plan and
+   the grains' joins and overlap-add).
 
 Printed: samples/s, the real-time factor (audio seconds per wall second; "CPU RTF" per second
 of this process's CPU time, what an unshared core would give on a busy machine) and the
@@ -58,7 +61,7 @@ def best_of(run: Callable[[], object], repeats: int) -> tuple[float, float]:
 def row(name: str, samples: int, wall: float, cpu: float, sr: int, baseline: float) -> float:
     rate = samples / wall
     print(
-        f"{name:<28}{rate:>11.0f}{rate / sr:>9.2f}x{samples / max(cpu, 1e-9) / sr:>9.2f}x"
+        f"{name:<44}{rate:>11.0f}{rate / sr:>9.2f}x{samples / max(cpu, 1e-9) / sr:>9.2f}x"
         f"{rate / baseline:>10.1f}x"
     )
     return rate
@@ -66,7 +69,7 @@ def row(name: str, samples: int, wall: float, cpu: float, sr: int, baseline: flo
 
 def header(title: str) -> None:
     print(f"\n{title}")
-    print(f"{'loop':<28}{'samples/s':>11}{'RTF':>10}{'CPU RTF':>10}{'vs ref':>11}")
+    print(f"{'loop':<44}{'samples/s':>11}{'RTF':>10}{'CPU RTF':>10}{'vs ref':>11}")
 
 
 def bench_render(args: argparse.Namespace) -> None:
@@ -101,39 +104,48 @@ def bench_render(args: argparse.Namespace) -> None:
     print(f"tokens equal to the reference's on {100 * float(same):.2f}% of {n_ref} samples")
 
 
-def bench_stream(args: argparse.Namespace) -> None:
+def untrained(args: argparse.Namespace, render: str) -> PlanModule:
+    """A default-size PlanModule with random weights, its codebook (and grains) fitted on noise."""
     torch.manual_seed(0)
-    module = PlanModule(
-        sr=args.sr, prev_len_max=4 * args.sr, next_len=16384, render="samples"
-    ).eval()
-    frames = module.net.frames(0.2 * torch.randn(8, 4 * args.sr))
-    module.net.codebook.fit(frames.flatten(0, 1))
-    prime = 0.2 * torch.randn(1, module.context_len, generator=torch.Generator().manual_seed(2))
-    n, piece = round(args.seconds * args.sr), round(READ_S * args.sr)
-    audio: dict[str, torch.Tensor] = {}
-    timings: dict[str, tuple[float, float, str]] = {}
-    for engine in ("reference", "fused"):
-        stream = Stream(module, prime, carry="state", engine=engine, seed=0)
-        started, started_cpu, pieces = time.perf_counter(), time.process_time(), []
-        done = 0
-        while done < n:
-            pieces.append(stream.read(min(piece, n - done)))
-            done += pieces[-1].shape[1]
-        wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
-        audio[engine], timings[engine] = torch.cat(pieces, 1), (wall, cpu, stream.engine)
+    module = PlanModule(sr=args.sr, prev_len_max=4 * args.sr, next_len=16384, render=render).eval()
+    module.net.fit_codes([0.2 * torch.randn(8, 4 * args.sr)])
+    return module
+
+
+def timed_stream(
+    module: PlanModule, prime: torch.Tensor, engine: str, n: int
+) -> tuple[torch.Tensor, float, float, str]:
+    """(audio, wall s, CPU s, engine name) of a stream reading `n` samples in READ_S pieces."""
+    stream = Stream(module, prime, carry="state", engine=engine, seed=0)
+    piece = round(READ_S * module.sample_rate)
+    started, started_cpu, pieces, done = time.perf_counter(), time.process_time(), [], 0
+    while done < n:
+        pieces.append(stream.read(min(piece, n - done)))
+        done += pieces[-1].shape[1]
+    wall, cpu = time.perf_counter() - started, time.process_time() - started_cpu
+    return torch.cat(pieces, 1), wall, cpu, stream.engine
+
+
+def bench_stream(args: argparse.Namespace) -> None:
+    samples, grains = untrained(args, "samples"), untrained(args, "grains")
+    prime = 0.2 * torch.randn(1, samples.context_len, generator=torch.Generator().manual_seed(2))
+    n = round(args.seconds * args.sr)
+    runs = {
+        "render=samples, engine=reference": timed_stream(samples, prime, "reference", n),
+        "render=samples, engine=fused": timed_stream(samples, prime, "fused", n),
+        "render=grains (the default)": timed_stream(grains, prime, "auto", n),
+    }
     header(
-        f"2. stream: PlanModule(sr={args.sr}, prev_len_max={4 * args.sr}, next_len=16384, "
-        f"render='samples'), "
+        f"2. stream: PlanModule(sr={args.sr}, prev_len_max={4 * args.sr}, next_len=16384), "
         f"untrained, {args.seconds:g} s read in {READ_S:g}-s pieces"
     )
-    baseline = n / timings["reference"][0]
-    for engine in ("reference", "fused"):
-        wall, cpu, name = timings[engine]
-        row(f"Stream, engine={engine}", n, wall, cpu, args.sr, baseline)
-        if engine == "fused":
-            print(f"  (engine {name!r})")
-    same = (audio["fused"] == audio["reference"]).float().mean()
-    print(f"audio equal to the reference stream's on {100 * float(same):.2f}% of {n} samples")
+    baseline = n / runs["render=samples, engine=reference"][1]
+    for name, (_, wall, cpu, engine) in runs.items():
+        row(f"Stream, {name}", n, wall, cpu, args.sr, baseline)
+        print(f"  (engine {engine!r})")
+    fused, reference = runs["render=samples, engine=fused"][0], runs[next(iter(runs))][0]
+    same = (fused == reference).float().mean()
+    print(f"fused audio equal to the reference stream's on {100 * float(same):.2f}% of {n} samples")
 
 
 def main() -> None:
