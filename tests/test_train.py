@@ -94,6 +94,17 @@ def test_resume_continues_steps(make_cfg) -> None:
     assert second["optimizer_states"][0]["state"], "optimizer state must carry over"
 
 
+def test_last_ckpt_is_the_last_step_when_val_loss_stops_improving(make_cfg) -> None:
+    """With lr 0 val/loss never improves after the first check: best.ckpt stays there, and
+    last.ckpt (what ckpt=last resumes and generates from) still follows every step."""
+    overrides = ["debug=fast", "model.lr=0", "trainer.max_steps=7", "trainer.val_check_interval=2"]
+    cfg = make_cfg("train", overrides)
+    train(cfg)
+    checkpoints = Path(cfg.paths.output_dir) / "checkpoints"
+    assert torch.load(checkpoints / "best.ckpt", weights_only=True)["global_step"] == 2
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 7
+
+
 class _NaNModule(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
