@@ -49,7 +49,7 @@ from lofibeats.metrics.context_nll import CONTEXT_SECONDS, context_nll
 from lofibeats.metrics.music import music_stats
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import load_module
-from lofibeats.models.decoding import has_lookback
+from lofibeats.models.decoding import auto_temperature, has_lookback
 from lofibeats.models.sampling import Sampling
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,7 +216,11 @@ def main() -> None:
     primes, real = pairs_tensors(audio.windows(args.takes, prime_len, take_len, remedy))
     started = time.perf_counter()
     sampling = Sampling.parse(
-        args.temperature, args.top_p, loop=args.loop, lookback=has_lookback(module.net)
+        args.temperature,
+        args.top_p,
+        loop=args.loop,
+        lookback=has_lookback(module.net),
+        model_temperature=auto_temperature(module.net),
     )
     generated = generate_long(
         module, primes, take_len, sampling=sampling, seed=args.seed, carry=carry

@@ -30,6 +30,7 @@ from lofibeats.live.harness import ServerThread
 from lofibeats.live.player import THREAD_PREFIX
 from lofibeats.live.protocol import HEADER, ProtocolError, check_knobs, pack_frame, unpack_frame
 from lofibeats.models.checkpoint import load_module
+from lofibeats.models.plan_net import PLAN_TEMPERATURE
 from lofibeats.models.sampling import Sampling
 
 
@@ -318,7 +319,8 @@ def test_style_and_creativity_knobs_of_a_vseq2seq_take(runs, tmp_path: Path) -> 
 
 def test_auto_knobs_loop_a_lookback_take_and_sample_the_others(runs) -> None:
     """`loop=auto temperature=auto` resolve per take, as generate.py does: a lookback take
-    starts looping (0.95 at temperature 0.1), a plain take samples at 0.9 without a note."""
+    starts looping (0.95 at temperature 0.1), a plain take samples at 0.9 and a plan take at
+    its family's measured temperature, without a note."""
     root, ckpts = runs
     changes = dict(prime="none", frame_ms=10, ahead_seconds=0.3, knob_lead_seconds=0.0)
     live = settings(root, default_ckpt=ckpts["lookback"], **changes)
@@ -337,6 +339,10 @@ def test_auto_knobs_loop_a_lookback_take_and_sample_the_others(runs) -> None:
         assert other["knobs"] == {"temperature": 0.9, "top_p": None}
         listener.samples(other["take"], other["frame"])
         assert session.player._take.stream.sampling == Sampling(0.9)
+        planned = ckpts["plan"].relative_to(root / "outputs").as_posix()
+        listener.send(type="start", checkpoint=planned)
+        plan = listener.expect("take", lookback=False)
+        assert plan["knobs"]["temperature"] == PLAN_TEMPERATURE  # the plan family's own
         assert not [m for m in listener.messages if m.get("type") == "note"]
         listener.close()
 

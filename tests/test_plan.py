@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
+from lofibeats.commands.inference import sampling_from
 from lofibeats.commands.train import train
 from lofibeats.errors import ConfigError
 from lofibeats.generation.longform import generate_long
@@ -17,8 +19,8 @@ from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.checkpoint import load_module
 from lofibeats.models.decoding import PlannedNet
 from lofibeats.models.plan import PlanModule
-from lofibeats.models.plan_net import AHEAD, Codebook, beat_period, dc_free
-from lofibeats.models.sampling import Sampling
+from lofibeats.models.plan_net import AHEAD, PLAN_TEMPERATURE, Codebook, beat_period, dc_free
+from lofibeats.models.sampling import AUTO_TEMPERATURE, Sampling
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
@@ -218,6 +220,14 @@ def test_a_rewound_stream_plays_the_same_again_and_a_knob_changes_what_follows(
     stream.rewind(mark)
     stream.sampling = Sampling(decoding="greedy")
     assert not torch.equal(stream.read(1000), first)
+
+
+def test_temperature_auto_draws_the_plan_at_its_measured_temperature() -> None:
+    net = tiny().net
+    auto = OmegaConf.create({"temperature": "auto", "loop": "auto", "decoding": "sample"})
+    assert sampling_from(auto, net) == Sampling(PLAN_TEMPERATURE)
+    assert sampling_from(OmegaConf.merge(auto, {"temperature": 0.9}), net).temperature == 0.9
+    assert sampling_from(auto, None) == Sampling(AUTO_TEMPERATURE)
 
 
 def test_window_carry_is_refused_with_the_fix() -> None:

@@ -18,7 +18,7 @@ from lofibeats.audio.spectrogram import spectrogram_figure
 from lofibeats.generation.engine import check_sampling
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.stream import resolve_carry
-from lofibeats.models.decoding import has_lookback
+from lofibeats.models.decoding import auto_temperature, has_lookback
 from lofibeats.models.sampling import Sampling
 
 
@@ -88,7 +88,12 @@ class AudioSamples(pl.Callback):
         """The knobs for `pl_module`: "auto" loops a model with a lookback, as generate.py does."""
         net = getattr(pl_module, "net", None)
         prefix = "callbacks.audio_samples."
-        sampling = Sampling.parse(*self.knobs, prefix=prefix, lookback=has_lookback(net))
+        sampling = Sampling.parse(
+            *self.knobs,
+            prefix=prefix,
+            lookback=has_lookback(net),
+            model_temperature=auto_temperature(net),
+        )
         return check_sampling(net, sampling)
 
     def _log(self, trainer: pl.Trainer, takes: np.ndarray, sr: int, split_at: float) -> None:

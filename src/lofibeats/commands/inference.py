@@ -24,7 +24,7 @@ from lofibeats.generation.prime import data_config_for
 from lofibeats.generation.stream import resolve_carry
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
-from lofibeats.models.decoding import has_lookback
+from lofibeats.models.decoding import auto_temperature, has_lookback
 from lofibeats.models.sampling import Sampling
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.runs import resolve_checkpoint
@@ -89,6 +89,7 @@ def sampling_from(cfg: DictConfig, net: object = None) -> Sampling:
         cfg.get("decoding"),
         cfg.get("loop"),
         lookback=has_lookback(net),
+        model_temperature=auto_temperature(net),
     )
 
 

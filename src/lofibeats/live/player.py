@@ -35,6 +35,7 @@ from lofibeats.generation.stream import Stream, StreamMark, carries_state, resol
 from lofibeats.generation.style import style_path
 from lofibeats.live.catalog import CheckpointInfo, LoadedModel, ModelCache, Uploads
 from lofibeats.live.protocol import pack_frame
+from lofibeats.models.decoding import auto_temperature
 from lofibeats.models.sampling import Sampling, needs_lookback
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.models.vseq2seq_net import DEFAULT_CREATIVITY
@@ -373,6 +374,7 @@ class Player:
             self.settings.decoding,
             self._knobs.get("loop", 0.0) if model.lookback else 0.0,
             lookback=model.lookback,
+            model_temperature=auto_temperature(model.module.net),
         )
 
     @staticmethod

@@ -135,6 +135,12 @@ def has_lookback(net: object) -> bool:
     return isinstance(net, AutoregressiveNet) and net.decoder_weights().lookback is not None
 
 
+def auto_temperature(net: object) -> float | None:
+    """What `temperature=auto` gives a take of `net` that does not loop: its family's measured
+    best (a `auto_temperature` attribute), or None for the shared default."""
+    return getattr(net, "auto_temperature", None)
+
+
 @runtime_checkable
 class OnePassNet(Protocol):
     """A family that continues audio without a decode loop (the GAN's generator)."""

@@ -11,7 +11,8 @@ DECODINGS = ("sample", "greedy")
 
 #: `temperature=auto` / `loop=auto`: what measured best for the model (README, "Does the generated
 #: audio sound like the music?"). A lookback model loops (0.95) at temperature 0.1, which keeps
-#: the copies' jitter from piling up into hiss; everything else samples at 0.9.
+#: the copies' jitter from piling up into hiss; a family with a measured best of its own says
+#: so (`decoding.auto_temperature`); everything else samples at 0.9.
 AUTO = "auto"
 AUTO_LOOP = 0.95
 AUTO_TEMPERATURE = 0.9
@@ -56,17 +57,19 @@ class Sampling(NamedTuple):
         loop: Any = 0.0,
         prefix: str = "",
         lookback: bool = False,
+        model_temperature: float | None = None,
     ) -> Sampling:
         """Checked knobs; an error names `<prefix>temperature` etc. and what to give (None:
         the default). "auto" resolves for the model: `loop` is `AUTO_LOOP` where it has a
         `lookback`, else 0; `temperature` is `AUTO_LOOP_TEMPERATURE` where the take loops, else
-        `AUTO_TEMPERATURE`."""
+        the model's own `model_temperature` where it has one, else `AUTO_TEMPERATURE`."""
         if is_auto(loop):
             loop_value = AUTO_LOOP if lookback else 0.0
         else:
             loop_value = 0.0 if loop is None else _auto_or_number(loop, f"{prefix}loop", high=1.0)
         if is_auto(temperature):
-            temperature = AUTO_LOOP_TEMPERATURE if loop_value > 0 else AUTO_TEMPERATURE
+            plain = AUTO_TEMPERATURE if model_temperature is None else model_temperature
+            temperature = AUTO_LOOP_TEMPERATURE if loop_value > 0 else plain
         return cls(
             temperature=_auto_or_number(temperature, f"{prefix}temperature"),
             top_p=None
