@@ -65,11 +65,15 @@ def test_the_grain_that_joins_best_plays_and_is_not_replayed_within_memory() -> 
     assert all(len(set(picks[i : i + 4])) == 4 for i in range(5))  # 4 slots, memory 3: a cycle
 
 
-def test_with_every_grain_recently_played_the_best_join_replays() -> None:
+def test_with_every_grain_recently_played_the_least_recent_replays() -> None:
+    """A code held longer than its grains last cycles through all of them (a loop of `size`
+    grains), never one grain over and over (a 62.5-Hz buzz at 16 kHz)."""
     audio = noise(8 * HOP, seed=2)
-    bank = GrainBank(codes=1, size=2, hop=HOP, memory=5)
+    bank = GrainBank(codes=1, size=3, hop=HOP, memory=5)
     bank.fit([audio], [torch.zeros(1, 8, dtype=torch.long)], torch.zeros(1, 1))
-    voice = bank.begin(audio)
-    played, voice = bank.render(torch.zeros(1, 12, dtype=torch.long), voice)
-    assert played.shape == (1, 11 * HOP) and torch.isfinite(played).all()
-    assert played.abs().max() > 0.05
+    voice, picks = bank.begin(audio), []
+    for _ in range(12):
+        played, voice = bank.render(torch.zeros(1, 1, dtype=torch.long), voice)
+        picks.append(int(voice.recent[0, -1]))
+    assert sorted(picks[:3]) == [0, 1, 2]
+    assert picks[3:] == (picks[:3] * 3)[:9]  # then round and round, oldest first

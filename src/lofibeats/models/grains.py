@@ -7,7 +7,8 @@ grains of the training audio whose frames got that code (2 hops each, centred on
 overlap-adds one per planned frame under a Hann window (the two halves sum to one). Which of
 a code's grains plays is the one whose first half best continues the grain before it (the join
 cost of unit-selection synthesis), leaving out the grains played in the last `memory` frames,
-so a held code does not repeat one grain into a 62.5-Hz buzz.
+so a held code does not repeat one grain into a 62.5-Hz buzz; where all of them were, the one
+played longest ago.
 """
 
 from __future__ import annotations
@@ -105,25 +106,34 @@ class GrainBank(nn.Module):
         """(B, K) codes of consecutive frames -> their audio and the voice after it. The hop
         after frame f's centre is the second half of f's grain over the first half of f + 1's,
         so K codes play K - 1 hops at a take's start and K hops after."""
-        hop, size = self.hop, self.size
-        rows = torch.arange(len(codes), device=codes.device)
-        slots = torch.arange(size, device=codes.device)
+        hop = self.hop
         grain, tail, recent = voice.grain, voice.tail, voice.recent
         out = []
         for code in codes.unbind(1):
-            candidates = self.grains[code].float()  # (B, size, 2 * hop)
-            cost = (candidates[:, :, :hop] - grain[:, None, hop:]).pow(2).mean(-1)
-            slot_ids = code[:, None] * size + slots[None]
-            missing = slots[None] >= self.count[code][:, None]
-            played = (slot_ids[:, :, None] == recent[:, None, :]).any(-1) & ~missing
-            spared = played & (played | missing).all(1, keepdim=True)  # none left: replay
-            cost = cost.masked_fill(missing | (played & ~spared), float("inf"))
-            pick = cost.argmin(1)
-            grain = candidates[rows, pick]
+            slot = self._pick(code, grain, recent)
+            grain = self.grains[code, slot].float()
             if tail is not None:
                 out.append(tail + grain[:, :hop] * self.window[:hop])
             tail = grain[:, hop:] * self.window[hop:]
             if self.memory:
-                recent = torch.cat([recent[:, 1:], slot_ids[rows, pick][:, None]], 1)
+                recent = torch.cat([recent[:, 1:], (code * self.size + slot)[:, None]], 1)
         audio = torch.cat(out, 1) if out else grain.new_zeros(len(codes), 0)
         return audio, GrainVoice(grain=grain, tail=tail, recent=recent)
+
+    def _pick(self, code: torch.Tensor, grain: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
+        """(B,) the slot of each row's code to play after `grain`: the best join among the
+        grains not played within memory, or where all were, the one played longest ago."""
+        hop, slots = self.hop, torch.arange(self.size, device=code.device)
+        candidates = self.grains[code].float()  # (B, size, 2 * hop)
+        join = (candidates[:, :, :hop] - grain[:, None, hop:]).pow(2).mean(-1)
+        missing = slots[None] >= self.count[code][:, None]
+        # where in `recent` (oldest first) each candidate last played; -1: not within memory
+        last_played = torch.full_like(join, -1.0)
+        if self.memory:
+            match = (code[:, None] * self.size + slots[None])[:, :, None] == recent[:, None, :]
+            ages = torch.arange(self.memory, device=code.device, dtype=join.dtype)
+            last_played = torch.where(match, ages, -1.0).amax(-1)
+        played = last_played >= 0
+        exhausted = (missing | played).all(1, keepdim=True)
+        cost = torch.where(exhausted, last_played, join.masked_fill(played, float("inf")))
+        return cost.masked_fill(missing, float("inf")).argmin(1)
