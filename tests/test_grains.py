@@ -3,6 +3,7 @@ of real audio overlap-add back to that audio."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lofibeats.models.grains import GrainBank
@@ -14,18 +15,22 @@ def noise(length: int, seed: int = 0) -> torch.Tensor:
     return 0.3 * torch.randn(1, length, generator=torch.Generator().manual_seed(seed))
 
 
-def one_code_per_frame(audio: torch.Tensor, memory: int = 0) -> GrainBank:
+def one_code_per_frame(audio: torch.Tensor, shift: int = 0) -> GrainBank:
     """A bank where frame f of `audio` has code f, so a code's one grain is that frame's."""
     frames = audio.shape[1] // HOP
-    bank = GrainBank(codes=frames, size=1, hop=HOP, memory=memory)
+    bank = GrainBank(codes=frames, size=1, hop=HOP, memory=0, shift=shift)
     centroids = torch.arange(frames, dtype=torch.float32)[:, None]
     bank.fit([audio], [torch.arange(frames)[None]], centroids)
     return bank
 
 
-def test_consecutive_grains_play_back_the_audio_they_came_from() -> None:
+@pytest.mark.parametrize("shift", [0, 5])
+def test_consecutive_grains_play_back_the_audio_they_came_from(shift: int) -> None:
+    """With slack, the join finds each grain's own start: the others meet the last grain
+    worse."""
     audio = noise(40 * HOP)
-    bank = one_code_per_frame(audio)
+    bank = one_code_per_frame(audio, shift)
+    assert bank.grains.shape == (40, 1, 2 * HOP + 2 * shift)
     voice = bank.begin(audio[:, : 20 * HOP])
     first, voice = bank.render(torch.arange(20, 26)[None], voice)  # 6 grains: 5 hops at start
     second, voice = bank.render(torch.arange(26, 31)[None], voice)  # then a hop per grain
@@ -40,13 +45,28 @@ def test_a_code_keeps_its_own_frames_grains_and_an_unseen_code_borrows_the_neare
     bank = GrainBank(codes=3, size=8, hop=HOP, memory=0)
     centroids = torch.tensor([[0.0], [1.8], [2.0]])  # code 1 (no frame) is nearest code 2
     bank.fit([audio], [codes], centroids)
-    frames_of = {0: [1, 2, 6, 7, 10], 2: [3, 4, 5, 8, 9]}  # whole grains: frames 1..10
-    assert bank.count.tolist() == [5, 5, 5]
+    frames_of = {0: [1, 2, 6, 7, 10, 11], 2: [3, 4, 5, 8, 9]}  # whole grains: frames 1..11
+    assert bank.count.tolist() == [6, 5, 5]
     for code, frames in frames_of.items():
         expected = {tuple(audio[0, f * HOP - HOP : f * HOP + HOP].half().tolist()) for f in frames}
-        kept = {tuple(g.tolist()) for g in bank.grains[code, :5]}
+        kept = {tuple(g.tolist()) for g in bank.grains[code, : len(frames)]}
         assert kept == expected
     assert torch.equal(bank.grains[1], bank.grains[2])
+
+
+def test_a_join_moves_a_grain_within_its_slack_to_meet_the_last_one() -> None:
+    """A 200-Hz tone (80-sample period) cut at another phase: with 40 samples of slack either
+    way (starts 2 apart) the grains continue the prime's tone in phase; without, they cannot."""
+    t = torch.arange(60 * HOP) / 16000
+    tone = 0.5 * torch.sin(2 * torch.pi * 200 * t)[None]
+    prime, after = tone[:, : 30 * HOP], tone[:, 30 * HOP : 33 * HOP]
+    errors = {}
+    for shift in (0, 40):
+        bank = GrainBank(codes=1, size=1, hop=HOP, memory=0, shift=shift)
+        bank.fit([tone[:, 13:]], [torch.zeros(1, 60, dtype=torch.long)], torch.zeros(1, 1))
+        played, _ = bank.render(torch.zeros(1, 4, dtype=torch.long), bank.begin(prime))
+        errors[shift] = float((played - after).abs().max())
+    assert errors[40] < 0.05 < 0.3 < errors[0]  # one sample of phase at most, against any
 
 
 def test_the_grain_that_joins_best_plays_and_is_not_replayed_within_memory() -> None:

@@ -351,6 +351,7 @@ class PlanConfig(ModelConfig):
     render: str = "grains"  # what plays the plan: "grains" of training audio, or "samples"
     grains: int = 32  # grains kept per code (render="grains") ...
     grain_memory: int = 64  # ... none replayed within this many frames
+    grain_shift: int | str = "4ms"  # how far a join may move a grain to meet the one before
     hidden: int = 256  # the sample renderer's width (render="samples")
     render_past: int = 256  # samples the renderer reads before the one it predicts
     render_rows: int = 16  # windows per batch the renderer trains on ...
@@ -426,6 +427,9 @@ class PlanConfig(ModelConfig):
             render=render,
             grains=count("grains"),
             grain_memory=count("grain_memory", 0),
+            grain_shift=0
+            if values["grain_shift"] in (0, "0")
+            else to_samples(values["grain_shift"], sr, "model.grain_shift"),
             hidden=count("hidden"),
             render_past=count("render_past"),
             render_rows=count("render_rows"),

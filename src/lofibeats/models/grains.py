@@ -8,7 +8,9 @@ overlap-adds one per planned frame under a Hann window (the two halves sum to on
 a code's grains plays is the one whose first half best continues the grain before it (the join
 cost of unit-selection synthesis), leaving out the grains played in the last `memory` frames,
 so a held code does not repeat one grain into a 62.5-Hz buzz; where all of them were, the one
-played longest ago.
+played longest ago. Each grain is kept with `shift` samples either side, and the join also
+chooses where in that slack the grain starts (WSOLA's search for the best-aligned waveform), so
+tones continue in phase across a join.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+SHIFT_STEPS = 16  # starts a join tries per side of the frame's own, within a grain's slack
 
 
 @dataclass(frozen=True)
@@ -34,13 +38,14 @@ class GrainVoice:
 
 
 class GrainBank(nn.Module):
-    """`size` grains of 2 * `hop` samples for each of `codes` codes, filled once from training
-    audio (`fit`); `count[c]` says how many code c holds."""
+    """`size` grains of 2 * `hop` samples (and `shift` either side) for each of `codes` codes,
+    filled once from training audio (`fit`); `count[c]` says how many code c holds."""
 
-    def __init__(self, codes: int, size: int, hop: int, memory: int) -> None:
+    def __init__(self, codes: int, size: int, hop: int, memory: int, shift: int = 0) -> None:
         super().__init__()
-        self.hop, self.size, self.memory = hop, size, memory
-        self.register_buffer("grains", torch.zeros(codes, size, 2 * hop, dtype=torch.float16))
+        self.hop, self.size, self.memory, self.shift = hop, size, memory, shift
+        length = 2 * hop + 2 * shift
+        self.register_buffer("grains", torch.zeros(codes, size, length, dtype=torch.float16))
         self.register_buffer("count", torch.zeros(codes, dtype=torch.long))
         self.register_buffer("window", torch.hann_window(2 * hop, periodic=True), persistent=False)
 
@@ -56,7 +61,7 @@ class GrainBank(nn.Module):
         """Fill the bank from batches of (B, T) `audio` and the (B, T // hop) `codes` of their
         frames: for each code, `size` of its frames' grains drawn at random (seeded). A code no
         frame got borrows the grains of the nearest code (by `centroids`) that has some."""
-        pairs = [self._grains(a, c, self.hop) for a, c in zip(audio, codes, strict=True)]
+        pairs = [self._grains(a, c) for a, c in zip(audio, codes, strict=True)]
         grain_codes = torch.cat([c for _, c in pairs]) if pairs else torch.zeros(0).long()
         if not len(grain_codes):
             raise ValueError("no whole grain in the audio: give windows longer than two frames")
@@ -73,13 +78,15 @@ class GrainBank(nn.Module):
             self.count[code] = take
         self._borrow(centroids)
 
-    @staticmethod
     def _grains(
-        audio: torch.Tensor, codes: torch.Tensor, hop: int
+        self, audio: torch.Tensor, codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every whole grain of (B, T) audio, (N, 2 * hop), and its frame's code, (N,)."""
-        frames = torch.arange(1, min(codes.shape[1], audio.shape[1] // hop - 1))
-        at = frames[:, None] * hop - hop + torch.arange(2 * hop)[None]
+        """Every whole grain of (B, T) audio with its slack, (N, 2 * hop + 2 * shift), and its
+        frame's code, (N,)."""
+        hop, reach = self.hop, self.hop + self.shift  # samples a grain spans either side
+        first, end = -(-reach // hop), min(codes.shape[1], (audio.shape[1] - reach) // hop + 1)
+        frames = torch.arange(first, max(first, end))
+        at = frames[:, None] * hop - reach + torch.arange(2 * reach)[None]
         return audio[:, at].flatten(0, 1).float().cpu(), codes[:, frames].flatten().cpu()
 
     def _borrow(self, centroids: torch.Tensor) -> None:
@@ -107,11 +114,13 @@ class GrainBank(nn.Module):
         after frame f's centre is the second half of f's grain over the first half of f + 1's,
         so K codes play K - 1 hops at a take's start and K hops after."""
         hop = self.hop
+        rows = torch.arange(len(codes), device=codes.device)
         grain, tail, recent = voice.grain, voice.tail, voice.recent
         out = []
         for code in codes.unbind(1):
-            slot = self._pick(code, grain, recent)
-            grain = self.grains[code, slot].float()
+            slot, start = self._pick(code, grain, recent)
+            kept = self.grains[code, slot].float()
+            grain = kept[rows[:, None], start[:, None] + torch.arange(2 * hop, device=kept.device)]
             if tail is not None:
                 out.append(tail + grain[:, :hop] * self.window[:hop])
             tail = grain[:, hop:] * self.window[hop:]
@@ -120,12 +129,18 @@ class GrainBank(nn.Module):
         audio = torch.cat(out, 1) if out else grain.new_zeros(len(codes), 0)
         return audio, GrainVoice(grain=grain, tail=tail, recent=recent)
 
-    def _pick(self, code: torch.Tensor, grain: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
-        """(B,) the slot of each row's code to play after `grain`: the best join among the
-        grains not played within memory, or where all were, the one played longest ago."""
+    def _pick(
+        self, code: torch.Tensor, grain: torch.Tensor, recent: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B,) slots and (B,) starts within their slack: what each row plays after `grain`.
+        The best join among its code's grains not played within memory, each at its best
+        start; where all were played, the one played longest ago."""
         hop, slots = self.hop, torch.arange(self.size, device=code.device)
-        candidates = self.grains[code].float()  # (B, size, 2 * hop)
-        join = (candidates[:, :, :hop] - grain[:, None, hop:]).pow(2).mean(-1)
+        starts = self._starts(code.device)
+        kept = self.grains[code].float()  # (B, size, 2 * hop + 2 * shift)
+        heads = kept[:, :, starts[:, None] + torch.arange(hop, device=code.device)]
+        join = (heads - grain[:, None, None, hop:]).pow(2).mean(-1)  # (B, size, starts)
+        join, best_start = join.min(-1)
         missing = slots[None] >= self.count[code][:, None]
         # where in `recent` (oldest first) each candidate last played; -1: not within memory
         last_played = torch.full_like(join, -1.0)
@@ -136,4 +151,12 @@ class GrainBank(nn.Module):
         played = last_played >= 0
         exhausted = (missing | played).all(1, keepdim=True)
         cost = torch.where(exhausted, last_played, join.masked_fill(played, float("inf")))
-        return cost.masked_fill(missing, float("inf")).argmin(1)
+        slot = cost.masked_fill(missing, float("inf")).argmin(1)
+        return slot, starts[best_start.gather(1, slot[:, None])[:, 0]]
+
+    def _starts(self, device: torch.device) -> torch.Tensor:
+        """The starts a join tries within a grain's slack: 0 .. 2 * shift in about 16 steps,
+        `shift` (the grain as its frame was cut) always among them."""
+        step = max(1, self.shift // SHIFT_STEPS)
+        starts = torch.arange(0, 2 * self.shift + 1, step, device=device)
+        return torch.unique(torch.cat([starts, torch.tensor([self.shift], device=device)]))

@@ -67,6 +67,7 @@ class PlanModule(LofiModule):
             render_past=c.render_past,
             grains=c.grains,
             grain_memory=c.grain_memory,
+            grain_shift=c.grain_shift,
         )
         # (audio, frames) of the first batches, for the codebook and grains, until fitted
         self._collected: list[tuple[torch.Tensor, torch.Tensor]] = []

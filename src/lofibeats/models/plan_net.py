@@ -270,6 +270,7 @@ class PlanNet(nn.Module):
         render_past: int,
         grains: int,
         grain_memory: int,
+        grain_shift: int,
     ) -> None:
         super().__init__()
         self.hop, self.period_min, self.period_max = hop, period_min, period_max
@@ -280,7 +281,9 @@ class PlanNet(nn.Module):
         self.renderer = (
             Renderer(n_mels, render_hidden, render_past, hop) if render == "samples" else None
         )
-        self.grains = GrainBank(codes, grains, hop, grain_memory) if render == "grains" else None
+        self.grains = (
+            GrainBank(codes, grains, hop, grain_memory, grain_shift) if render == "grains" else None
+        )
 
     @torch.no_grad()
     def fit_codes(
