@@ -312,13 +312,11 @@ class Continuation:
         self.device = module.device
         self.backend: Backend | None = None
         self.render: RenderLoop | None = None  # a planned net's render loop (Stream runs it)
-        self.grains = False
         if isinstance(self.net, AutoregressiveNet):
             self.backend = backend_for(self.net.decoder_weights(), engine, self.device, precision)
-        elif isinstance(self.net, PlannedNet) and self.net.renderer is not None:
-            self.render = render_loop_for(self.net.renderer, engine, self.device)
-        elif isinstance(self.net, PlannedNet):
-            self.grains = True  # grains play its plan: no sample loop to run
+        elif isinstance(self.net, PlannedNet):  # grains (no renderer) need no loop
+            if self.net.renderer is not None:
+                self.render = render_loop_for(self.net.renderer, engine, self.device)
         elif engine == "fused":
             raise ConfigError(
                 f"engine=fused: the {module.family} model has no fused engine; "
@@ -327,10 +325,11 @@ class Continuation:
 
     @property
     def name(self) -> str:
-        """What runs, for messages: "reference", "fused (C kernel)" or "fused (torch)"."""
+        """What runs, for messages: "reference", "fused (C kernel)", "fused (torch)" or (a plan
+        played by grains) "grains"."""
         if self.render is not None:
             return render_loop_name(self.render)
-        if self.grains:
+        if isinstance(self.net, PlannedNet) and self.net.renderer is None:
             return "grains"
         return "reference" if self.backend is None else self.backend.name
 
