@@ -44,9 +44,9 @@ KL_DEFAULTS: dict[str, Any] = {
     "sharpness": 10.0,  # logistic slope over `steps`
     "free_bits": 0.05,  # nats per dimension (0 = off)
 }
+RENDERERS = ("grains", "samples")  # what plays a plan (PlanConfig.render)
 #: keys that checkpoints of lofibeats 0.1 stored as model hyperparameters and that are no longer
 #: model config (decoding knobs moved to inference, z-sample logging to a callback)
-RENDERERS = ("grains", "samples")  # what plays a plan (PlanConfig.render)
 RETIRED_KEYS = ("decoding", "temperature", "top_p", "creativity", "log_z_samples", "log_z_seconds")
 
 

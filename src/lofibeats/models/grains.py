@@ -48,6 +48,10 @@ class GrainBank(nn.Module):
         self.register_buffer("grains", torch.zeros(codes, size, length, dtype=torch.float16))
         self.register_buffer("count", torch.zeros(codes, dtype=torch.long))
         self.register_buffer("window", torch.hann_window(2 * hop, periodic=True), persistent=False)
+        # the starts a join tries within a grain's slack, and the samples of a head and a grain
+        self.register_buffer("starts", self._starts(shift), persistent=False)
+        self.register_buffer("head_span", torch.arange(hop), persistent=False)
+        self.register_buffer("grain_span", torch.arange(2 * hop), persistent=False)
 
     # ---------------------------------------------------------------- filling
     @torch.no_grad()
@@ -120,7 +124,7 @@ class GrainBank(nn.Module):
         for code in codes.unbind(1):
             slot, start = self._pick(code, grain, recent)
             kept = self.grains[code, slot].float()
-            grain = kept[rows[:, None], start[:, None] + torch.arange(2 * hop, device=kept.device)]
+            grain = kept[rows[:, None], start[:, None] + self.grain_span]
             if tail is not None:
                 out.append(tail + grain[:, :hop] * self.window[:hop])
             tail = grain[:, hop:] * self.window[hop:]
@@ -135,10 +139,9 @@ class GrainBank(nn.Module):
         """(B,) slots and (B,) starts within their slack: what each row plays after `grain`.
         The best join among its code's grains not played within memory, each at its best
         start; where all were played, the one played longest ago."""
-        hop, slots = self.hop, torch.arange(self.size, device=code.device)
-        starts = self._starts(code.device)
+        hop, slots, starts = self.hop, torch.arange(self.size, device=code.device), self.starts
         kept = self.grains[code].float()  # (B, size, 2 * hop + 2 * shift)
-        heads = kept[:, :, starts[:, None] + torch.arange(hop, device=code.device)]
+        heads = kept[:, :, starts[:, None] + self.head_span]
         join = (heads - grain[:, None, None, hop:]).pow(2).mean(-1)  # (B, size, starts)
         join, best_start = join.min(-1)
         missing = slots[None] >= self.count[code][:, None]
@@ -154,9 +157,9 @@ class GrainBank(nn.Module):
         slot = cost.masked_fill(missing, float("inf")).argmin(1)
         return slot, starts[best_start.gather(1, slot[:, None])[:, 0]]
 
-    def _starts(self, device: torch.device) -> torch.Tensor:
-        """The starts a join tries within a grain's slack: 0 .. 2 * shift in about 16 steps,
-        `shift` (the grain as its frame was cut) always among them."""
-        step = max(1, self.shift // SHIFT_STEPS)
-        starts = torch.arange(0, 2 * self.shift + 1, step, device=device)
-        return torch.unique(torch.cat([starts, torch.tensor([self.shift], device=device)]))
+    @staticmethod
+    def _starts(shift: int) -> torch.Tensor:
+        """The starts a join tries within a grain's slack: 0 .. 2 * shift in about 16 steps a
+        side, `shift` (the grain as its frame was cut) always among them."""
+        starts = torch.arange(0, 2 * shift + 1, max(1, shift // SHIFT_STEPS))
+        return torch.unique(torch.cat([starts, torch.tensor([shift])]))
