@@ -74,6 +74,9 @@ def noise_batch(rows: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
         ({"render_len": 200}, "model.render_len"),
         ({"hop": 8}, "model.hop"),
         ({"hiden": 16}, "model.hiden"),
+        ({"render": "wavenet"}, "model.render"),
+        ({"grain_shift": "-4ms"}, "model.grain_shift"),
+        ({"grain_memory": -1}, "model.grain_memory"),
     ],
 )
 def test_bad_plan_configs_name_the_key(overrides: dict, key: str) -> None:
