@@ -24,6 +24,32 @@ def one_code_per_frame(audio: torch.Tensor, shift: int = 0) -> GrainBank:
     return bank
 
 
+def log_spectrum(audio: torch.Tensor) -> torch.Tensor:
+    window = torch.hann_window(audio.shape[-1])
+    return torch.log(torch.fft.rfft(audio * window).abs().pow(2) + 1e-7)
+
+
+def tone(cycles_per_hop: int, amplitude: float, phase: float, hop: int) -> torch.Tensor:
+    t = torch.arange(2 * hop, dtype=torch.float32)
+    return amplitude * torch.sin(2 * torch.pi * cycles_per_hop * t / hop + phase)
+
+
+def test_a_tone_joins_a_grain_of_its_pitch_not_the_quietest_waveform() -> None:
+    """The join is judged on spectra: a loud tone goes on with a grain of its own pitch cut at
+    another phase, where the waveform's squared difference would pick a quiet grain of another
+    pitch (and every such jump is an onset the beat does not have)."""
+    hop = 64
+    bank = GrainBank(codes=1, size=2, hop=hop, memory=0)
+    same_pitch, other_quiet = tone(8, 0.5, torch.pi, hop), tone(20, 0.05, 0.0, hop)
+    bank.grains[0] = torch.stack([same_pitch, other_quiet]).half()
+    bank.count[0] = 2
+    prime = tone(8, 0.5, 0.0, hop)[None]
+    wave = [(g[:hop] - prime[0, hop:]).pow(2).mean() for g in (same_pitch, other_quiet)]
+    assert wave[1] < wave[0]  # what a waveform join would have chosen
+    _, voice = bank.render(torch.zeros(1, 1, dtype=torch.long), bank.begin(prime))
+    assert torch.allclose(voice.grain[0], same_pitch, atol=1e-3)
+
+
 @pytest.mark.parametrize("shift", [0, 5])
 def test_consecutive_grains_play_back_the_audio_they_came_from(shift: int) -> None:
     """With slack, the join finds each grain's own start: the others meet the last grain
@@ -80,8 +106,8 @@ def test_the_grain_that_joins_best_plays_and_is_not_replayed_within_memory() -> 
     for _ in range(8):
         _, voice = bank.render(torch.zeros(1, 1, dtype=torch.long), voice)
         picks.append(slot_of[tuple(voice.grain[0].tolist())])
-    joins = [(grains[:, :HOP] - grains[2, HOP:]).pow(2).mean(1)]
-    assert picks[0] == int(joins[0].argmin())  # the best join with the prime's last hop
+    joins = (log_spectrum(grains[:, :HOP]) - log_spectrum(grains[2, HOP:])).pow(2).mean(1)
+    assert picks[0] == int(joins.argmin())  # the best join with the prime's last hop
     assert all(len(set(picks[i : i + 4])) == 4 for i in range(5))  # 4 slots, memory 3: a cycle
 
 

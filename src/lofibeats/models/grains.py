@@ -6,11 +6,13 @@ frame's code already says what the 16 ms sound like, so the bank keeps, for ever
 grains of the training audio whose frames got that code (2 hops each, centred on the frame) and
 overlap-adds one per planned frame under a Hann window (the two halves sum to one). Which of
 a code's grains plays is the one whose first half best continues the grain before it (the join
-cost of unit-selection synthesis), leaving out the grains played in the last `memory` frames,
-so a held code does not repeat one grain into a 62.5-Hz buzz; where all of them were, the one
-played longest ago. Each grain is kept with `shift` samples either side, and the join also
-chooses where in that slack the grain starts (WSOLA's search for the best-aligned waveform), so
-tones continue in phase across a join.
+cost of unit-selection synthesis), judged on their log power spectra: a squared difference of
+waveforms favours the quietest grain of any pitch, and every such jump is a flux the music
+does not have (measured: beat 0.36 -> 0.40, flatness 0.052 -> 0.044 on real music, DESIGN.md).
+The grains played in the last `memory` frames are left out, so a held code does not repeat one
+grain into a 62.5-Hz buzz; where all of them were, the one played longest ago. Each grain is kept with `shift` samples either side, and the join also
+chooses where in that slack the chosen grain starts (WSOLA's search for the best-aligned
+waveform), so tones continue in phase across a join.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 SHIFT_STEPS = 16  # starts a join tries per side of the frame's own, within a grain's slack
+SPECTRUM_FLOOR = 1e-7  # added to a join's power spectra before the log (about -70 dB a bin)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class GrainBank(nn.Module):
         self.register_buffer("grains", torch.zeros(codes, size, length, dtype=torch.float16))
         self.register_buffer("count", torch.zeros(codes, dtype=torch.long))
         self.register_buffer("window", torch.hann_window(2 * hop, periodic=True), persistent=False)
+        self.register_buffer("head_window", torch.hann_window(hop), persistent=False)
         # the starts a join tries within a grain's slack, and the samples of a head and a grain
         self.register_buffer("starts", self._starts(shift), persistent=False)
         self.register_buffer("head_span", torch.arange(hop), persistent=False)
@@ -137,13 +141,12 @@ class GrainBank(nn.Module):
         self, code: torch.Tensor, grain: torch.Tensor, recent: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) slots and (B,) starts within their slack: what each row plays after `grain`.
-        The best join among its code's grains not played within memory, each at its best
-        start; where all were played, the one played longest ago."""
-        hop, slots, starts = self.hop, torch.arange(self.size, device=code.device), self.starts
+        The best join (spectra) among its code's grains not played within memory, where all
+        were played the one played longest ago; it starts where its waveform meets best."""
+        hop, slots = self.hop, torch.arange(self.size, device=code.device)
         kept = self.grains[code].float()  # (B, size, 2 * hop + 2 * shift)
-        heads = kept[:, :, starts[:, None] + self.head_span]
-        join = (heads - grain[:, None, None, hop:]).pow(2).mean(-1)  # (B, size, starts)
-        join, best_start = join.min(-1)
+        own = kept[:, :, self.shift + self.head_span]  # each grain's head as its frame was cut
+        join = (self._spectrum(own) - self._spectrum(grain[:, None, hop:])).pow(2).mean(-1)
         missing = slots[None] >= self.count[code][:, None]
         # where in `recent` (oldest first) each candidate last played; -1: not within memory
         last_played = torch.full_like(join, -1.0)
@@ -155,7 +158,14 @@ class GrainBank(nn.Module):
         exhausted = (missing | played).all(1, keepdim=True)
         cost = torch.where(exhausted, last_played, join.masked_fill(played, float("inf")))
         slot = cost.masked_fill(missing, float("inf")).argmin(1)
-        return slot, starts[best_start.gather(1, slot[:, None])[:, 0]]
+        chosen = kept[torch.arange(len(code), device=code.device), slot]
+        heads = chosen[:, self.starts[:, None] + self.head_span]  # (B, starts, hop)
+        wave = (heads - grain[:, None, hop:]).pow(2).mean(-1)
+        return slot, self.starts[wave.argmin(1)]
+
+    def _spectrum(self, audio: torch.Tensor) -> torch.Tensor:
+        """(..., hop) audio -> (..., hop // 2 + 1) its log power spectrum under a Hann window."""
+        return torch.log(torch.fft.rfft(audio * self.head_window).abs().pow(2) + SPECTRUM_FLOOR)
 
     @staticmethod
     def _starts(shift: int) -> torch.Tensor:
