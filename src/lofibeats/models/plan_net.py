@@ -40,7 +40,7 @@ from lofibeats.models.heads import sample_classes
 from lofibeats.models.sampling import Sampling
 
 AHEAD = 2  # frames the plan runs ahead of the render: the renderer's two 3-wide convs
-PLAN_TEMPERATURE = 0.6  # the plan's draws at temperature=auto (README, "Plan, then render")
+PLAN_TEMPERATURE = 0.5  # the plan's draws at temperature=auto (README, "Plan, then render")
 RENDER_TEMPERATURE = 0.85  # measured with docs/probes/oracle_render.py (1.0 hisses, 0.7 thins)
 DC_POLE = 0.995  # the DC blocker's pole: a corner near 13 Hz at 16 kHz
 LOG_FLOOR, LOG_SHIFT, LOG_SCALE = 1e-5, 5.0, 4.0  # log-mel frames scaled to roughly [-1.6, 1.5]
