@@ -25,27 +25,16 @@ PRIME, TAKE, SR = 4 * 16000, 10 * 16000, 16000
 
 
 class WaveformJoin(GrainBank):
-    """The join before spectra: the candidate (at its best start) whose first half has the
-    least squared difference from the last grain's second half."""
+    """The join before spectra: the least squared difference between the last grain's second
+    half and a candidate's first half, at the candidate's best start in its slack."""
 
-    def _pick(self, code, grain, recent):
-        hop, starts = self.hop, self.starts
-        kept = self.grains[code].float()
-        heads = kept[:, :, starts[:, None] + self.head_span]
-        join, best = (heads - grain[:, None, None, hop:]).pow(2).mean(-1).min(-1)
-        slots = torch.arange(self.size)
-        missing = slots[None] >= self.count[code][:, None]
-        match = (code[:, None] * self.size + slots[None])[:, :, None] == recent[:, None, :]
-        last = torch.where(match, torch.arange(self.memory, dtype=join.dtype), -1.0).amax(-1)
-        played = last >= 0
-        exhausted = (missing | played).all(1, keepdim=True)
-        cost = torch.where(exhausted, last, join.masked_fill(played, float("inf")))
-        slot = cost.masked_fill(missing, float("inf")).argmin(1)
-        return slot, starts[best.gather(1, slot[:, None])[:, 0]]
+    def _join(self, kept: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+        heads = kept[:, :, self.starts[:, None] + self.head_span]
+        return (heads - grain[:, None, None, self.hop :]).pow(2).mean(-1).amin(-1)
 
 
 def medians(audio: torch.Tensor, prime: torch.Tensor) -> str:
-    stats = [music_stats(a.numpy(), SR, past=p.numpy()) for a, p in zip(audio, prime)]
+    stats = [music_stats(a.numpy(), SR, past=p.numpy()) for a, p in zip(audio, prime, strict=True)]
     return "  ".join(f"{k} {np.median([s[k] for s in stats]):.4f}" for k in ("beat", "flatness"))
 
 

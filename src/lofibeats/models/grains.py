@@ -8,7 +8,7 @@ overlap-adds one per planned frame under a Hann window (the two halves sum to on
 a code's grains plays is the one whose first half best continues the grain before it (the join
 cost of unit-selection synthesis), judged on their log power spectra: a squared difference of
 waveforms favours the quietest grain of any pitch, and every such jump is a flux the music
-does not have (measured: beat 0.36 -> 0.40, flatness 0.052 -> 0.044 on real music, DESIGN.md).
+does not have (measured: beat 0.36 -> 0.40, flatness 0.052 -> 0.044 on real music at T 0.6, DESIGN.md).
 The grains played in the last `memory` frames are left out, so a held code does not repeat one
 grain into a 62.5-Hz buzz; where all of them were, the one played longest ago. Each grain is kept with `shift` samples either side, and the join also
 chooses where in that slack the chosen grain starts (WSOLA's search for the best-aligned
@@ -141,12 +141,25 @@ class GrainBank(nn.Module):
         self, code: torch.Tensor, grain: torch.Tensor, recent: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B,) slots and (B,) starts within their slack: what each row plays after `grain`.
-        The best join (spectra) among its code's grains not played within memory, where all
-        were played the one played longest ago; it starts where its waveform meets best."""
-        hop, slots = self.hop, torch.arange(self.size, device=code.device)
+        The best join among its code's grains not played within memory, where all were played
+        the one played longest ago; it starts where its waveform meets `grain` best."""
         kept = self.grains[code].float()  # (B, size, 2 * hop + 2 * shift)
-        own = kept[:, :, self.shift + self.head_span]  # each grain's head as its frame was cut
-        join = (self._spectrum(own) - self._spectrum(grain[:, None, hop:])).pow(2).mean(-1)
+        slot = self._choose(code, self._join(kept, grain), recent)
+        chosen = kept[torch.arange(len(code), device=code.device), slot]
+        heads = chosen[:, self.starts[:, None] + self.head_span]  # (B, starts, hop)
+        wave = (heads - grain[:, None, self.hop :]).pow(2).mean(-1)
+        return slot, self.starts[wave.argmin(1)]
+
+    def _join(self, kept: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+        """(B, size) join costs of `kept` grains after `grain`: the squared difference of the log
+        spectra of its second half and of their first halves, as their frames were cut."""
+        own = kept[:, :, self.shift + self.head_span]
+        return (self._spectrum(own) - self._spectrum(grain[:, None, self.hop :])).pow(2).mean(-1)
+
+    def _choose(self, code: torch.Tensor, join: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
+        """(B,) slots: the least `join` cost among the code's grains not played within memory;
+        where all were, the one played longest ago."""
+        slots = torch.arange(self.size, device=code.device)
         missing = slots[None] >= self.count[code][:, None]
         # where in `recent` (oldest first) each candidate last played; -1: not within memory
         last_played = torch.full_like(join, -1.0)
@@ -157,11 +170,7 @@ class GrainBank(nn.Module):
         played = last_played >= 0
         exhausted = (missing | played).all(1, keepdim=True)
         cost = torch.where(exhausted, last_played, join.masked_fill(played, float("inf")))
-        slot = cost.masked_fill(missing, float("inf")).argmin(1)
-        chosen = kept[torch.arange(len(code), device=code.device), slot]
-        heads = chosen[:, self.starts[:, None] + self.head_span]  # (B, starts, hop)
-        wave = (heads - grain[:, None, hop:]).pow(2).mean(-1)
-        return slot, self.starts[wave.argmin(1)]
+        return cost.masked_fill(missing, float("inf")).argmin(1)
 
     def _spectrum(self, audio: torch.Tensor) -> torch.Tensor:
         """(..., hop) audio -> (..., hop // 2 + 1) its log power spectrum under a Hann window."""
