@@ -77,6 +77,7 @@ def noise_batch(rows: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
         ({"render": "wavenet"}, "model.render"),
         ({"grain_shift": "-4ms"}, "model.grain_shift"),
         ({"grain_memory": -1}, "model.grain_memory"),
+        ({"tempo_stretch": 0.8}, "model.tempo_stretch"),
     ],
 )
 def test_bad_plan_configs_name_the_key(overrides: dict, key: str) -> None:
@@ -150,6 +151,28 @@ def test_the_plan_reads_its_beat_lags_in_training_and_generation_alike() -> None
     with torch.no_grad():
         planned = net._plan(codes[:, :60], periods, 27, Sampling(decoding="greedy"), None)
     assert torch.equal(planned[:, 60:], codes[:, 60:87])
+
+
+def test_training_retimes_the_plans_frames_around_where_next_starts() -> None:
+    """Tempo stretch: the plan trains on frames re-timed by a rate within the stretch, next's
+    first frame kept, prev never shorter than the plan's reach; 1 leaves them as they are."""
+    model = tiny(tempo_stretch=1.5)
+    first, length = 3 * model.net.reach, 4 * model.net.reach  # prev leaves room to go faster
+    frames = torch.arange(length, dtype=torch.float32)[None, :, None].expand(2, -1, 3)
+    rates = []
+    for seed in range(40):
+        torch.manual_seed(seed)
+        retimed, before = model._retimed(frames, first)
+        index = retimed[0, :, 0].long()
+        assert index[before] == first and before >= model.net.reach
+        assert torch.equal(retimed[1], retimed[0])  # one tempo for the whole batch
+        rate = float((index[-1] - index[before]) / (len(index) - 1 - before))
+        assert 1 / 1.5 - 0.02 <= rate <= 1.5 + 0.02
+        assert torch.all(index.diff() >= 0) and index.min() >= 0 and index.max() < length
+        rates.append(rate)
+    assert min(rates) < 0.85 and max(rates) > 1.2  # both ways
+    plain, plain_first = tiny(tempo_stretch=1.0)._retimed(frames, first)
+    assert plain_first == first and torch.equal(plain, frames)
 
 
 def test_training_fits_the_codebook_then_trains_the_plan_and_the_sample_renderer() -> None:

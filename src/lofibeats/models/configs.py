@@ -348,6 +348,7 @@ class PlanConfig(ModelConfig):
     plan_hidden: int = 768
     layers: int = 2  # the plan MLP's hidden layers
     plan_dropout: float = 0.0
+    tempo_stretch: float = 1.0  # the plan trains on frames re-timed up to this much (1 = off)
     render: str = "grains"  # what plays the plan: "grains" of training audio, or "samples"
     grains: int = 32  # grains kept per code (render="grains") ...
     grain_memory: int = 64  # ... none replayed within this many frames
@@ -424,6 +425,7 @@ class PlanConfig(ModelConfig):
             plan_dropout=number(
                 values["plan_dropout"], "model.plan_dropout", low=0.0, high=1.0, high_open=True
             ),
+            tempo_stretch=number(values["tempo_stretch"], "model.tempo_stretch", low=1.0),
             render=render,
             grains=count("grains"),
             grain_memory=count("grain_memory", 0),

@@ -99,6 +99,23 @@ class PlanModule(LofiModule):
         logits = net.plan(inputs.flatten(0, 1))
         return F.cross_entropy(logits, codes[:, targets].flatten())
 
+    def _retimed(self, frames: torch.Tensor, first_frame: int) -> tuple[torch.Tensor, int]:
+        """`frames` (B, F, n_mels) at a random tempo, up to `tempo_stretch` times faster or
+        slower (log-uniform), and where next starts in them. Frame k of the result, counted from
+        next's first, is frame trunc(k * rate) of the input: the plan cannot memorise a track's
+        tempo and has to find the beat in the period it is told. Never faster than leaves the
+        plan's reach of prev."""
+        stretch = self.config.tempo_stretch
+        fastest = min(stretch, first_frame / self.net.reach)
+        if stretch == 1.0 or fastest <= 1.0 / stretch:
+            return frames, first_frame
+        log_rate = torch.empty(()).uniform_(-math.log(stretch), math.log(fastest))
+        rate = float(log_rate.exp())
+        before = int(first_frame / rate)
+        after = int((frames.shape[1] - first_frame - 1) / rate) + 1
+        steps = torch.arange(-before, after, device=frames.device)
+        return frames[:, first_frame + (steps * rate).long()], before
+
     def _render_nats(
         self, audio: torch.Tensor, frames: torch.Tensor, first: int, offset: int
     ) -> torch.Tensor:
@@ -137,7 +154,7 @@ class PlanModule(LofiModule):
         power = mel.power(audio)
         plan = None
         if self.net.codebook.fitted:
-            plan = self._plan_nats(mel.scaled(power), first // self.config.hop)
+            plan = self._plan_nats(*self._retimed(mel.scaled(power), first // self.config.hop))
         else:
             self._collect(audio, mel.scaled(power))
         if self.net.renderer is None:  # grains play the plan: only the plan trains
