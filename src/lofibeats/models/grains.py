@@ -7,12 +7,12 @@ grains of the training audio whose frames got that code (2 hops each, centred on
 overlap-adds one per planned frame under a Hann window (the two halves sum to one). Which of
 a code's grains plays is the one whose first half best continues the grain before it (the join
 cost of unit-selection synthesis), judged on their log power spectra: a squared difference of
-waveforms favours the quietest grain of any pitch, and every such jump is a flux the music
-does not have (measured: beat 0.36 -> 0.40, flatness 0.052 -> 0.044 on real music at T 0.6, DESIGN.md).
-The grains played in the last `memory` frames are left out, so a held code does not repeat one
-grain into a 62.5-Hz buzz; where all of them were, the one played longest ago. Each grain is kept with `shift` samples either side, and the join also
-chooses where in that slack the chosen grain starts (WSOLA's search for the best-aligned
-waveform), so tones continue in phase across a join.
+waveforms favours the quietest grain of any pitch, and every such jump is a flux the music does
+not have (measured: beat 0.36 -> 0.40, flatness 0.052 -> 0.044 on real music at T 0.6,
+DESIGN.md). The grains played in the last `memory` frames are left out, so a held code does not
+repeat one grain into a 62.5-Hz buzz; where all of them were, the one played longest ago. Each
+grain is kept with `shift` samples either side, and the chosen grain starts where in that slack
+its waveform best meets the last (WSOLA's search), so tones continue in phase across a join.
 """
 
 from __future__ import annotations
