@@ -122,13 +122,10 @@ class GrainBank(nn.Module):
         after frame f's centre is the second half of f's grain over the first half of f + 1's,
         so K codes play K - 1 hops at a take's start and K hops after."""
         hop = self.hop
-        rows = torch.arange(len(codes), device=codes.device)
         grain, tail, recent = voice.grain, voice.tail, voice.recent
         out = []
         for code in codes.unbind(1):
-            slot, start = self._pick(code, grain, recent)
-            kept = self.grains[code, slot].float()
-            grain = kept[rows[:, None], start[:, None] + self.grain_span]
+            slot, grain = self._pick(code, grain, recent)
             if tail is not None:
                 out.append(tail + grain[:, :hop] * self.window[:hop])
             tail = grain[:, hop:] * self.window[hop:]
@@ -140,15 +137,16 @@ class GrainBank(nn.Module):
     def _pick(
         self, code: torch.Tensor, grain: torch.Tensor, recent: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B,) slots and (B,) starts within their slack: what each row plays after `grain`.
-        The best join among its code's grains not played within memory, where all were played
-        the one played longest ago; it starts where its waveform meets `grain` best."""
+        """(B,) slots and their (B, 2 * hop) grains: what each row plays after `grain`. The best
+        join among its code's grains not played within memory, where all were played the one
+        played longest ago; cut from its slack where its waveform meets `grain` best."""
         kept = self.grains[code].float()  # (B, size, 2 * hop + 2 * shift)
         slot = self._choose(code, self._join(kept, grain), recent)
-        chosen = kept[torch.arange(len(code), device=code.device), slot]
+        rows = torch.arange(len(code), device=code.device)
+        chosen = kept[rows, slot]
         heads = chosen[:, self.starts[:, None] + self.head_span]  # (B, starts, hop)
-        wave = (heads - grain[:, None, self.hop :]).pow(2).mean(-1)
-        return slot, self.starts[wave.argmin(1)]
+        start = self.starts[(heads - grain[:, None, self.hop :]).pow(2).mean(-1).argmin(1)]
+        return slot, chosen[rows[:, None], start[:, None] + self.grain_span]
 
     def _join(self, kept: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
         """(B, size) join costs of `kept` grains after `grain`: the squared difference of the log
