@@ -21,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 from lofibeats.data.manifest import Manifest
 from lofibeats.data.prepare import prepare_corpus
 from lofibeats.data.report import PrepareReport
+from lofibeats.models.base import CHECKPOINT_FORMAT
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
@@ -140,6 +141,7 @@ def save_checkpoint(path: Path, module: pl.LightningModule) -> Path:
         {
             "state_dict": module.state_dict(),
             "hyper_parameters": dict(module.hparams),
+            "lofibeats_format": CHECKPOINT_FORMAT,
             "pytorch-lightning_version": pl.__version__,
         },
         path,

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 
 from lofibeats.live.player import PlayerSettings
 from lofibeats.live.server import LiveSettings
+from lofibeats.models.base import CHECKPOINT_FORMAT
 from lofibeats.models.gan import GanModule
 from lofibeats.models.plan import PlanModule
 from lofibeats.models.seq2seq import Seq2SeqModule
@@ -60,6 +61,7 @@ def write_run(
         {
             "state_dict": module.state_dict(),
             "hyper_parameters": dict(module.hparams),
+            "lofibeats_format": CHECKPOINT_FORMAT,
             "datamodule_hyper_parameters": data,
             "pytorch-lightning_version": pl.__version__,
         },
@@ -79,7 +81,7 @@ def tiny_plan() -> PlanModule:
     noise."""
     module = PlanModule(
         sr=SR, prev_len_max=4096, next_len=512, period_min="0.1s", period_max="0.25s",
-        beats=2, render_len=256, hidden=16, plan_hidden=32, layers=1, codes=16,
+        beats=2, render_len=256, render_hidden=16, hidden=32, layers=1, codes=16,
     )  # fmt: skip
     module.net.fit_codes([0.2 * torch.randn(4, 4096, generator=torch.Generator().manual_seed(0))])
     return module

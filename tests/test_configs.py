@@ -25,31 +25,42 @@ def test_groups_are_present() -> None:
     assert {"default", "cpu", "gpu", "ddp"} <= set(TRAINERS)
 
 
-#: what a family needs beyond the debug preset: the plan reads 4 beats back (here of <= 0.25 s)
-DEBUG_EXTRA = {
-    "plan": [
-        "data.prev_len_min=4096",
-        "data.prev_len_max=4096",
-        "data.next_len=512",
-        "model.period_min=0.1s",
-        "model.period_max=0.25s",
-        "model.beats=2",
-        "model.render_len=256",
-    ]
-}
-
-
 @pytest.mark.parametrize("model", MODELS)
 def test_model_composes_and_builds(make_cfg, model: str) -> None:
-    cfg = make_cfg("train", [f"model={model}", "debug=fast", *DEBUG_EXTRA.get(model, [])])
+    cfg = make_cfg("train", [f"model={model}", "debug=fast"])  # and debug/family/fast_<model>
     module = instantiate(cfg.model, _convert_="all")
     assert module.hparams["family"] == model
     assert module.sample_rate == cfg.data.sr == 8000
 
 
-def test_the_plan_family_on_short_windows_says_which_preset_gives_it_enough(make_cfg) -> None:
-    cfg = make_cfg("train", ["model=plan"])
-    with pytest.raises(Exception, match=r"data\.prev_len_max=.*experiment=plan_16k"):
+def test_the_default_is_the_plan_family_with_the_windows_and_budget_it_needs(make_cfg) -> None:
+    cfg = make_cfg("train")
+    assert cfg.model.family == "plan" and cfg.data.sr == 16000
+    assert cfg.data.prev_len_min == cfg.data.prev_len_max == "4s" and cfg.data.next_len == 16384
+    assert (cfg.trainer.max_steps, cfg.trainer.accelerator) == (600, "cpu")
+    assert cfg.callbacks.audio_samples.prime_seconds == 4
+    assert instantiate(cfg.model, _convert_="all").context_len == 4 * 16000
+    assert make_cfg("train", ["data.sr=22050"]).data.sr == 22050  # still the user's to set
+
+
+def test_another_family_keeps_the_data_trainer_and_callbacks_defaults(make_cfg) -> None:
+    """model=plan's data, trainer and callback keys come with it, and go with it."""
+    cfg = make_cfg("train", ["model=seq2seq"])
+    assert (cfg.data.sr, cfg.data.prev_len_max, cfg.data.next_len) == (8000, 1024, 256)
+    assert (cfg.trainer.max_steps, cfg.trainer.accelerator) == (1500, "auto")
+    assert cfg.callbacks.audio_samples.prime_seconds == 0.5
+
+
+@pytest.mark.parametrize(
+    "preset", ["experiment=music_16k", "experiment=sr_sweep", "hparams_search=optuna"]
+)
+def test_the_seq2seq_presets_name_their_family(make_cfg, preset: str) -> None:
+    assert make_cfg("train", [preset]).model.family == "seq2seq"
+
+
+def test_the_plan_family_on_short_windows_says_how_long_they_must_be(make_cfg) -> None:
+    cfg = make_cfg("train", ["model=plan", "data.prev_len_min=1s", "data.prev_len_max=1s"])
+    with pytest.raises(Exception, match=r"data\.prev_len_max=16000 .* to 4s, as model=plan does"):
         instantiate(cfg.model, _convert_="all")
 
 

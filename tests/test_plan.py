@@ -30,7 +30,7 @@ pytestmark = pytest.mark.filterwarnings(
 SR = 8000
 TINY = dict(
     sr=SR, prev_len_max=4096, next_len=512, period_min="0.1s", period_max="0.25s", beats=2,
-    render_len=256, hidden=16, plan_hidden=32, layers=1, codes=16, codebook_frames=100,
+    render_len=256, render_hidden=16, hidden=32, layers=1, codes=16, codebook_frames=100,
 )  # fmt: skip
 #: train.py on the debug corpus with the tiny plan above (4 beats of 0.25 s need 0.5 s of prev)
 TINY_OVERRIDES = [
@@ -268,6 +268,21 @@ def test_a_prime_shorter_than_the_plan_reach_still_plays(render: str) -> None:
         audio = Stream(model, prime, carry="state", seed=0).read(2 * 128)
         assert audio.shape == (1, 256) and torch.isfinite(audio).all()
     assert model.net.begin(torch.zeros(1, 300)).codes.shape[1] >= model.net.reach + AHEAD
+
+
+def test_a_format_2_checkpoint_loads_with_its_widths_renamed(tmp_path: Path) -> None:
+    """Format 2 called the plan MLP's width `plan_hidden` and the sample renderer's `hidden`."""
+    model = tiny(render="samples")
+    old = {**dict(model.hparams), "plan_hidden": 32, "hidden": 16}
+    old.pop("render_hidden")
+    path = tmp_path / "old.ckpt"
+    torch.save(
+        {"hyper_parameters": old, "state_dict": model.state_dict(), "lofibeats_format": 2}, path
+    )
+    loaded = load_module(path)
+    assert (loaded.config.hidden, loaded.config.render_hidden) == (32, 16)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_train_py_trains_the_plan_family_resumes_and_its_checkpoint_generates(make_cfg) -> None:

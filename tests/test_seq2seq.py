@@ -33,7 +33,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 # --------------------------------------------------------------------------- config
 def test_config_instantiates_with_plain_hparams_in_samples(make_cfg) -> None:
-    cfg = make_cfg("train", ["debug=fast", "data.prev_len_max=0.016s"])
+    cfg = make_cfg("train", ["model=seq2seq", "debug=fast", "data.prev_len_max=0.016s"])
     assert cfg.model._target_ == "lofibeats.models.registry.build_module"
     for model in (instantiate(cfg.model, _convert_="all"), instantiate(cfg.model)):
         assert type(model) is Seq2SeqModule and FAMILIES["seq2seq"] is Seq2SeqModule

@@ -116,7 +116,7 @@ def test_the_encoder_state_is_carried_and_reset_per_row(family) -> None:
 
 def test_a_stream_mode_run_trains(make_cfg) -> None:
     """Lengths given as durations too: the model and the data keep them in samples alike."""
-    overrides = ["data.mode=stream", "data.next_len=8ms", "data.prev_len_max=16ms"]
+    overrides = ["model=seq2seq", "data.mode=stream", "data.next_len=8ms", "data.prev_len_max=16ms"]
     cfg = make_cfg("train", ["debug=fast", *overrides])
     assert train(cfg) is not None
     assert (Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt").is_file()

@@ -68,7 +68,9 @@ def as_multirun_job(cfg: DictConfig) -> DictConfig:
 def test_multirun_gives_each_job_a_run_dir_and_reports_a_failed_one(
     tmp_path: Path, data_dir: Path
 ) -> None:
-    result = run_train("-m", "data.prev_len_min=32,64,256", root=tmp_path, data_dir=data_dir)
+    result = run_train(
+        "-m", "model=seq2seq", "data.prev_len_min=32,64,256", root=tmp_path, data_dir=data_dir
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
     (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")

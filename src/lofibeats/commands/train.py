@@ -39,7 +39,7 @@ class FitResult:
     value: float | None  # final cfg.optimized_metric
     metrics: dict[str, float] = field(default_factory=dict)  # every final val/* metric
     steps: int = 0
-    checkpoint: str = ""
+    checkpoint: str = ""  # the one to generate from (the family's `generates_from`)
 
 
 def _instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -138,11 +138,12 @@ def fit(cfg: DictConfig) -> FitResult:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
 
     ckpt = trainer.checkpoint_callback
+    best, last = getattr(ckpt, "best_model_path", ""), getattr(ckpt, "last_model_path", "")
     result = FitResult(
         value=_scalar(trainer.callback_metrics.get(cfg.optimized_metric)),
         metrics=_final_val_metrics(trainer),
         steps=trainer.global_step,
-        checkpoint=getattr(ckpt, "best_model_path", "") or getattr(ckpt, "last_model_path", ""),
+        checkpoint=(last or best) if model.generates_from == "last" else (best or last),
     )
     if trainer.global_rank == 0:
         _print_summary(console, cfg, result, run_dir, time.perf_counter() - started)

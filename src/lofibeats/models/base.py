@@ -14,10 +14,11 @@ from typing import Any, ClassVar
 import pytorch_lightning as pl
 from torch import nn
 
-from lofibeats.models.configs import RETIRED_KEYS, ModelConfig
+from lofibeats.models.configs import RENAMED_KEYS, RETIRED_KEYS, ModelConfig
 
-#: bumped when the layout of a checkpoint's state_dict changes (`migrate_checkpoint`)
-CHECKPOINT_FORMAT = 2
+#: bumped when the layout of a checkpoint's state_dict or hyperparameters changes
+#: (`migrate_checkpoint`)
+CHECKPOINT_FORMAT = 3
 
 
 class LofiModule(pl.LightningModule):
@@ -33,6 +34,8 @@ class LofiModule(pl.LightningModule):
     net: nn.Module
     #: state_dict prefixes that lofibeats 0.1 kept at the top level and now live under `net.`
     v01_net_prefixes: ClassVar[tuple[str, ...]] = ()
+    #: the checkpoint train.py offers to generate from: "best" (lowest val/loss) or "last"
+    generates_from: ClassVar[str] = "best"
 
     def __init__(self, **model_config: Any) -> None:
         super().__init__()
@@ -72,16 +75,20 @@ class LofiModule(pl.LightningModule):
 
 def migrate_checkpoint(cls: type[LofiModule], checkpoint: dict[str, Any]) -> None:
     """Bring a checkpoint of an older format to `CHECKPOINT_FORMAT`, in place: lofibeats 0.1
-    kept the network at the top of the state_dict (`embed.*`, `encoder.*`, ...) and decoding
-    knobs in the hyperparameters."""
-    if checkpoint.get("lofibeats_format", 1) >= CHECKPOINT_FORMAT:
-        return
-    prefixes = cls.v01_net_prefixes
-    checkpoint["state_dict"] = {
-        (f"net.{key}" if key.startswith(prefixes) else key): value
-        for key, value in checkpoint["state_dict"].items()
-    }
+    (format 1) kept the network at the top of the state_dict (`embed.*`, `encoder.*`, ...) and
+    decoding knobs in the hyperparameters; format 2 named some keys as `RENAMED_KEYS` lists."""
+    found = checkpoint.get("lofibeats_format", 1)
     hparams = checkpoint.get("hyper_parameters", {})
-    for key in RETIRED_KEYS:
-        hparams.pop(key, None)
+    if found < 2:
+        prefixes = cls.v01_net_prefixes
+        checkpoint["state_dict"] = {
+            (f"net.{key}" if key.startswith(prefixes) else key): value
+            for key, value in checkpoint["state_dict"].items()
+        }
+        for key in RETIRED_KEYS:
+            hparams.pop(key, None)
+    if found < 3:
+        renamed = RENAMED_KEYS.get(hparams.get("family"), {})
+        moved = {new: hparams.pop(old) for old, new in renamed.items() if old in hparams}
+        hparams.update(moved)
     checkpoint["lofibeats_format"] = CHECKPOINT_FORMAT

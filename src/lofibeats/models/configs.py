@@ -48,6 +48,9 @@ RENDERERS = ("grains", "samples")  # what plays a plan (PlanConfig.render)
 #: keys that checkpoints of lofibeats 0.1 stored as model hyperparameters and that are no longer
 #: model config (decoding knobs moved to inference, z-sample logging to a callback)
 RETIRED_KEYS = ("decoding", "temperature", "top_p", "creativity", "log_z_samples", "log_z_seconds")
+#: keys renamed after checkpoint format 2, by family (old name: new name): the plan's MLP width
+#: took `hidden`, the name every family's main width goes by, from its sample renderer
+RENAMED_KEYS = {"plan": {"hidden": "render_hidden", "plan_hidden": "hidden"}}
 
 
 def _rate_and_lengths(values: dict[str, Any]) -> tuple[int, int, int]:
@@ -344,16 +347,16 @@ class PlanConfig(ModelConfig):
     beats: int = 4  # ... and 1..beats beat periods back
     period_min: int | str = "0.3s"  # the beat periods a prime's is measured among
     period_max: int | str = "1.0s"
-    plan_width: int = 96
-    plan_hidden: int = 768
-    layers: int = 2  # the plan MLP's hidden layers
+    plan_width: int = 96  # the embedding of each code the plan reads
+    hidden: int = 768  # the plan MLP's width ...
+    layers: int = 2  # ... and its hidden layers
     plan_dropout: float = 0.0
     tempo_stretch: float = 1.0  # the plan trains on frames re-timed up to this much (1 = off)
     render: str = "grains"  # what plays the plan: "grains" of training audio, or "samples"
     grains: int = 32  # grains kept per code (render="grains") ...
     grain_memory: int = 64  # ... none replayed within this many frames
     grain_shift: int | str = "4ms"  # how far a join may move a grain to meet the one before
-    hidden: int = 256  # the sample renderer's width (render="samples")
+    render_hidden: int = 256  # the sample renderer's width (render="samples")
     render_past: int = 256  # samples the renderer reads before the one it predicts
     render_rows: int = 16  # windows per batch the renderer trains on ...
     render_len: int | str = 2048  # ... and samples of each
@@ -391,7 +394,7 @@ class PlanConfig(ModelConfig):
                 f"data.prev_len_max={prev_len_max} samples: the plan reads {beats} beats of up "
                 f"to model.period_max back, so prev must hold at least {reach} samples "
                 f"({reach / sr:.2f} s): set data.prev_len_min and data.prev_len_max to "
-                f"{math.ceil(reach / sr)}s (experiment=plan_16k does)"
+                f"{math.ceil(reach / sr)}s, as model=plan does unless they are overridden"
             )
         render = choice(values["render"], RENDERERS, "model.render")
         render_len = to_samples(values["render_len"], sr, "model.render_len")
@@ -420,7 +423,7 @@ class PlanConfig(ModelConfig):
             period_min=period_min,
             period_max=period_max,
             plan_width=count("plan_width"),
-            plan_hidden=count("plan_hidden"),
+            hidden=count("hidden"),
             layers=count("layers"),
             plan_dropout=number(
                 values["plan_dropout"], "model.plan_dropout", low=0.0, high=1.0, high_open=True
@@ -432,7 +435,7 @@ class PlanConfig(ModelConfig):
             grain_shift=0
             if values["grain_shift"] in (0, "0")
             else to_samples(values["grain_shift"], sr, "model.grain_shift"),
-            hidden=count("hidden"),
+            render_hidden=count("render_hidden"),
             render_past=count("render_past"),
             render_rows=count("render_rows"),
             render_len=render_len,

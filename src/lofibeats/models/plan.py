@@ -1,7 +1,7 @@
 """The plan family's training recipe: a beat plan of frame codes and what plays it, from one batch.
 
 Batches are `(prev, next)` windows as for every family; `prev` must hold the plan's reach (4 beats
-of the longest period: `data.prev_len_min` = `data.prev_len_max` = 4 s, `experiment=plan_16k`).
+of the longest period: `data.prev_len_min` = `data.prev_len_max` = 4 s, which `model=plan` sets).
 The steps train `PlanNet` (`lofibeats.models.plan_net`):
 
 - **Codebook and grains.** The first steps collect the windows' audio and log-mel frames; once
@@ -44,6 +44,9 @@ class PlanModule(LofiModule):
 
     config_class: ClassVar[type[PlanConfig]] = PlanConfig
     config: PlanConfig
+    #: the plan's held-out loss is lowest a few hundred steps in, where it replays the prime
+    #: (README, "Plan, then render"): its budget ends later, and the last step is what plays
+    generates_from: ClassVar[str] = "last"
 
     def __init__(self, **model_config: Any) -> None:
         super().__init__(**model_config)
@@ -59,11 +62,11 @@ class PlanModule(LofiModule):
             period_min=shortest,
             period_max=longest,
             plan_width=c.plan_width,
-            plan_hidden=c.plan_hidden,
+            plan_hidden=c.hidden,
             plan_layers=c.layers,
             plan_dropout=c.plan_dropout,
             render=c.render,
-            render_hidden=c.hidden,
+            render_hidden=c.render_hidden,
             render_past=c.render_past,
             grains=c.grains,
             grain_memory=c.grain_memory,
