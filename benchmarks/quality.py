@@ -1,13 +1,14 @@
 """Quality benchmark: train a family for a wall-clock budget, then judge it on held-out audio.
 
-    python benchmarks/quality.py --family seq2seq|vseq2seq|gan --data builtin|<folder>
+    python benchmarks/quality.py --family plan|seq2seq|vseq2seq|gan --data builtin|<folder>
         [--sr 16000] [--minutes 15] [--takes 8] [--seconds 10] [--prime-seconds 4]
         [--windows 16] [--temperature auto|T] [--top-p P] [--loop 0|auto|L] [--seed 0] [--out DIR]
         [--run DIR] [--carry auto|window|state] [key=value ...]
 
 Trains with `python train.py model=<family> data.sr=<sr> +trainer.max_time=<budget>
 trainer.max_steps=-1` (a subprocess, exactly what a user runs; trailing `key=value` arguments are
-passed on to it as Hydra overrides and win over these defaults), then loads its last checkpoint.
+passed on to it as Hydra overrides and win over these defaults: `trainer.max_steps=600` keeps
+the plan to its budget), then loads its last checkpoint.
 Held-out audio: `<folder>/test/` when it exists (the model then trains on `<folder>/train/`),
 else the run's val split; it is prepared (resampled, loudness-normalised) like training audio.
 
@@ -63,7 +64,7 @@ def knob(text: str) -> str | float:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--family", choices=FAMILIES, default="seq2seq")
+    parser.add_argument("--family", choices=FAMILIES, default="plan")
     parser.add_argument("--data", default="builtin", help="builtin, or a folder of audio files")
     parser.add_argument("--sr", type=int, default=16000)
     parser.add_argument("--minutes", type=float, default=15.0, help="training wall-clock budget")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
@@ -51,6 +52,21 @@ def test_wav_prime_is_mixed_resampled_padded_and_kept(
         assert row["seconds"] == pytest.approx(0.05)
         assert row["rtf"] > 0 and row["verdict"] in ("silent", "dc", "clipped", "noise", "ok")
     assert "take_01" in printed and "real-time factor" in printed and "copy span" in printed
+
+
+@pytest.mark.parametrize(("context", "used"), [("16ms", 2.0), ("3s", 3.0)])
+def test_an_auto_prime_is_the_models_context_and_at_least_two_seconds(
+    make_cfg: Callable[..., DictConfig], tmp_path: Path, context: str, used: float
+) -> None:
+    """The plan reads 4 s back: a default prime shorter than that would be padded with silence."""
+    torch.manual_seed(0)
+    module = Seq2SeqModule(sr=SR, prev_len_max=context, next_len=64, hidden=8, layers=1)
+    ckpt = save_checkpoint(tmp_path / "run" / "last.ckpt", module)
+    prime = tmp_path / "prime.wav"
+    sf.write(prime, sine(300, 0.3, 5.0), SR)
+    rows, out_dir = _generate(make_cfg, f"ckpt={ckpt}", f"prime={prime}", "n=1")
+    assert make_cfg("generate").prime_seconds == "auto"
+    assert sf.info(out_dir / "take_00.wav").frames == round(used * SR) + 400
 
 
 def test_val_prime_take_i_continues_val_clip_i(

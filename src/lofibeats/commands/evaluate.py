@@ -43,6 +43,7 @@ from lofibeats.commands.inference import (
     data_config_for,
     load_for_inference,
     longform_options,
+    prime_seconds,
     sampling_from,
 )
 from lofibeats.data.manifest import Manifest
@@ -64,6 +65,8 @@ from lofibeats.validate import number
 
 SANITY_KEYS = ("rms", "dc_offset", "peak", "clip_rate", "spectral_flatness", "zero_crossing_rate")
 SPLITS = ("val", "all")
+#: prime_seconds=auto: the model's context, or this where that is shorter
+AUTO_PRIME_SECONDS = 1.0
 
 
 @dataclass
@@ -260,7 +263,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     loader = DataLoader(tf_windows, batch_size=data["batch_size"], collate_fn=collate_pairs)
     tf = teacher_forced(module, loader)
 
-    prime_len = round(number(cfg.get("prime_seconds"), "prime_seconds", low=0, low_open=True) * sr)
+    seconds = prime_seconds(cfg, module, AUTO_PRIME_SECONDS)
+    prime_len = round(number(seconds, "prime_seconds", low=0, low_open=True) * sr)
     gen_len = round(number(cfg.get("seconds"), "seconds", low=0, low_open=True) * sr)
     pairs = audio.windows(n, prime_len, gen_len, "lower seconds or prime_seconds")
     engine = str(cfg.get("engine") or "auto")

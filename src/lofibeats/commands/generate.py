@@ -24,6 +24,7 @@ from lofibeats.commands.inference import (
     creativity_from,
     load_for_inference,
     longform_options,
+    prime_seconds,
     sampling_from,
     val_datamodule,
 )
@@ -39,7 +40,10 @@ from lofibeats.models.base import LofiModule
 from lofibeats.models.decoding import has_lookback
 from lofibeats.models.sampling import is_auto
 from lofibeats.models.vseq2seq import VSeq2SeqModule
-from lofibeats.validate import number, optional_number
+from lofibeats.validate import number
+
+#: prime_seconds=auto: the model's context, or this where that is shorter (a prime to hear)
+AUTO_PRIME_SECONDS = 2.0
 
 
 @dataclass
@@ -63,11 +67,11 @@ def build_primes(
     choice = cfg.get("prime")
     if choice is None or str(choice).lower() == "none":
         return None
+    seconds = prime_seconds(cfg, module, AUTO_PRIME_SECONDS)
     if str(choice) == "val":
-        length = round(number(cfg.get("prime_seconds"), "prime_seconds", low=0, low_open=True) * sr)
+        length = round(number(seconds, "prime_seconds", low=0, low_open=True) * sr)
         datamodule = val_datamodule(module, data_cfg)
         return np.stack([datamodule.val_clip(i, length) for i in range(n)])
-    seconds = optional_number(cfg.get("prime_seconds"), "prime_seconds", low=0, low_open=True)
     target = data_cfg.get("target_dbfs") if data_cfg.get("normalize_loudness", True) else None
     audio, file_sr = read_prime(Path(str(choice)), sr, seconds, target_dbfs=target)
     if file_sr != sr:

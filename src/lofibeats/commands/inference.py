@@ -25,10 +25,10 @@ from lofibeats.generation.stream import resolve_carry
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
 from lofibeats.models.decoding import auto_temperature, has_lookback
-from lofibeats.models.sampling import Sampling
+from lofibeats.models.sampling import Sampling, is_auto
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.runs import resolve_checkpoint
-from lofibeats.validate import choice, merge_options, number
+from lofibeats.validate import choice, merge_options, number, optional_number
 
 DEVICES = ("cpu", "cuda", "auto")
 # what `options.*` may hold: generate_long's own seam settings (null = the family's default)
@@ -120,6 +120,15 @@ def check_latent_keys(cfg: DictConfig, module: LofiModule) -> None:
             f"{given[0]}: only vseq2seq models have a latent z; this checkpoint is a "
             f"{module.family} model (drop {given[0]})"
         )
+
+
+def prime_seconds(cfg: DictConfig, module: LofiModule, shortest: float) -> float | None:
+    """`prime_seconds` checked: `auto` is the model's context (what it reads back: the plan's
+    4 s), or `shortest` where that is longer; null (a file prime only) the whole file."""
+    value = cfg.get("prime_seconds")
+    if is_auto(value):
+        return max(shortest, module.context_len / module.sample_rate)
+    return optional_number(value, "prime_seconds", low=0, low_open=True)
 
 
 def creativity_from(cfg: DictConfig) -> float | None:
