@@ -3,6 +3,8 @@ of real audio overlap-add back to that audio."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -123,3 +125,17 @@ def test_with_every_grain_recently_played_the_least_recent_replays() -> None:
         picks.append(int(voice.recent[0, -1]))
     assert sorted(picks[:3]) == [0, 1, 2]
     assert picks[3:] == (picks[:3] * 3)[:9]  # then round and round, oldest first
+
+
+def test_the_join_spectra_follow_the_grains_when_they_are_refilled_loaded_or_written() -> None:
+    """A bank keeps its grains' head spectra between frames, never stale ones."""
+    codes = torch.zeros(1, 8, dtype=torch.long)
+    bank, other = (GrainBank(codes=1, size=2, hop=HOP, memory=0) for _ in range(2))
+    bank.fit([noise(8 * HOP, seed=1)], [codes], torch.zeros(1, 1))
+    other.fit([noise(8 * HOP, seed=2)], [codes], torch.zeros(1, 1))
+    first = bank.heads.clone()
+    torch.testing.assert_close(first[0, 0], log_spectrum(bank.grains[0, 0, :HOP].float()))
+    bank.load_state_dict(other.state_dict())
+    assert not torch.equal(bank.heads, first) and torch.equal(bank.heads, other.heads)
+    bank.grains[0, 1] = 0
+    torch.testing.assert_close(bank.heads[0, 1], torch.full((HOP // 2 + 1,), math.log(1e-7)))

@@ -28,7 +28,8 @@ class WaveformJoin(GrainBank):
     """The join before spectra: the least squared difference between the last grain's second
     half and a candidate's first half, at the candidate's best start in its slack."""
 
-    def _join(self, kept: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+    def _join(self, code: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+        kept = self.grains[code].float()  # (B, size, 2 * hop + 2 * shift)
         heads = kept[:, :, self.starts[:, None] + self.head_span]
         return (heads - grain[:, None, None, self.hop :]).pow(2).mean(-1).amin(-1)
 

@@ -56,6 +56,7 @@ class GrainBank(nn.Module):
         self.register_buffer("starts", self._starts(shift), persistent=False)
         self.register_buffer("head_span", torch.arange(hop), persistent=False)
         self.register_buffer("grain_span", torch.arange(2 * hop), persistent=False)
+        self._heads: tuple[tuple[int, int], torch.Tensor] | None = None  # see `heads`
 
     # ---------------------------------------------------------------- filling
     @torch.no_grad()
@@ -107,6 +108,17 @@ class GrainBank(nn.Module):
         self.grains[empty] = self.grains[nearest]
         self.count[empty] = self.count[nearest]
 
+    @property
+    def heads(self) -> torch.Tensor:
+        """(codes, size, hop // 2 + 1): the log spectrum of every grain's first half as its frame
+        was cut, what a join compares. Computed once for the grains as they are: again only
+        when they change (filled, loaded, moved or written into)."""
+        identity = (self.grains.data_ptr(), self.grains._version)
+        if self._heads is None or self._heads[0] != identity:
+            first_halves = self.grains[:, :, self.shift + self.head_span].float()
+            self._heads = (identity, self._spectrum(first_halves))
+        return self._heads[1]
+
     # -------------------------------------------------------------- rendering
     def begin(self, prime: torch.Tensor) -> GrainVoice:
         """The voice after `prime` ([B, T] audio): its last 2 hops as the grain the first one
@@ -140,19 +152,17 @@ class GrainBank(nn.Module):
         """(B,) slots and their (B, 2 * hop) grains: what each row plays after `grain`. The best
         join among its code's grains not played within memory, where all were played the one
         played longest ago; cut from its slack where its waveform meets `grain` best."""
-        kept = self.grains[code].float()  # (B, size, 2 * hop + 2 * shift)
-        slot = self._choose(code, self._join(kept, grain), recent)
+        slot = self._choose(code, self._join(code, grain), recent)
         rows = torch.arange(len(code), device=code.device)
-        chosen = kept[rows, slot]
+        chosen = self.grains[code, slot].float()  # (B, 2 * hop + 2 * shift)
         heads = chosen[:, self.starts[:, None] + self.head_span]  # (B, starts, hop)
         start = self.starts[(heads - grain[:, None, self.hop :]).pow(2).mean(-1).argmin(1)]
         return slot, chosen[rows[:, None], start[:, None] + self.grain_span]
 
-    def _join(self, kept: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
-        """(B, size) join costs of `kept` grains after `grain`: the squared difference of the log
-        spectra of its second half and of their first halves, as their frames were cut."""
-        own = kept[:, :, self.shift + self.head_span]
-        return (self._spectrum(own) - self._spectrum(grain[:, None, self.hop :])).pow(2).mean(-1)
+    def _join(self, code: torch.Tensor, grain: torch.Tensor) -> torch.Tensor:
+        """(B, size) join costs of the `code` grains after `grain`: the squared difference of the
+        log spectra of its second half and of their first halves, as their frames were cut."""
+        return (self.heads[code] - self._spectrum(grain[:, None, self.hop :])).pow(2).mean(-1)
 
     def _choose(self, code: torch.Tensor, join: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
         """(B,) slots: the least `join` cost among the code's grains not played within memory;
