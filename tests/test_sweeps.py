@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from lofibeats.cli import RUN_ID
 from lofibeats.commands.train import train
 from lofibeats.errors import ConfigError, DataError
+from lofibeats.models.checkpoint import load_module
 from lofibeats.training.precision import cpu_lacks_onednn_kernels
 from lofibeats.training.search import ResumableTPESampler
 from lofibeats.training.status import JobStatus, failure_reason
@@ -152,6 +153,21 @@ def test_single_run_failure_raises_and_is_recorded(make_cfg) -> None:
     status = JobStatus.read(Path(cfg.paths.output_dir))
     assert status is not None and status.status.startswith("failed: data.prev_len_min=256")
     assert "data.prev_len_min=256" in status.overrides
+
+
+def test_a_sweep_of_the_default_family_widens_its_plan(tmp_path: Path, data_dir: Path) -> None:
+    """`python train.py -m model.hidden=256,512` on the default family: the plan MLP's width."""
+    result = run_train("-m", "model.hidden=16,24", root=tmp_path, data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "multirun").glob("*/*")
+    rows = summary_rows(sweep)
+    assert [(r["status"], r["overrides"]) for r in rows] == [
+        ("ok", "model.hidden=16"),
+        ("ok", "model.hidden=24"),
+    ]
+    for row, width in zip(rows, (16, 24), strict=True):
+        module = load_module(row["checkpoint"])
+        assert module.family == "plan" and module.net.plan.net[-1].in_features == width
 
 
 def test_multirun_job_failure_returns_inf_and_strategy_ddp_is_refused(make_cfg) -> None:
