@@ -3,6 +3,7 @@ blocker, streams (read sizes, rewind), and train.py -> checkpoint -> generation.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -294,6 +295,8 @@ def test_train_py_trains_the_plan_family_resumes_and_its_checkpoint_generates(ma
     module = load_module(out / "checkpoints" / "last.ckpt")  # weights_only
     assert isinstance(module, PlanModule) and bool(module.net.codebook.fitted)
     assert (out / "samples" / "prime0_latest.wav").is_file()
+    status = json.loads((out / "status.json").read_text(encoding="utf-8"))
+    assert status["checkpoint"] == str(out / "checkpoints" / "last.ckpt")  # generates_from
 
     resumed = make_cfg("train", [*overrides, "trainer.max_steps=6", "ckpt_path=last"], run="on")
     train(resumed)
