@@ -44,10 +44,14 @@ def _logged_hparams(run_dir: Path) -> set[str]:
     return names
 
 
-def test_fast_run_writes_checkpoints_tensorboard_and_samples(make_cfg) -> None:
+def test_fast_run_writes_checkpoints_tensorboard_and_samples(make_cfg, capsys) -> None:
     cfg = make_cfg("train", ["debug=fast"])
     value = train(cfg)
     run_dir = Path(cfg.paths.output_dir)
+    printed = " ".join(capsys.readouterr().err.split())  # the summary (stderr), unwrapped
+    last = run_dir / "checkpoints" / "last.ckpt"  # the default family generates from its last
+    assert f"python generate.py ckpt={last} seconds=10" in printed
+    assert f"python live.py ckpt={last}" in printed
 
     assert value is not None and np.isfinite(value)
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
@@ -65,7 +69,6 @@ def test_fast_run_writes_checkpoints_tensorboard_and_samples(make_cfg) -> None:
     # generate/eval find the data the model was trained on (the debug corpus), not the default
     from lofibeats.commands.inference import load_for_inference
 
-    last = run_dir / "checkpoints" / "last.ckpt"
     _, _, data = load_for_inference(make_cfg("generate", [f"ckpt={last}"], run="generate"))
     assert data["builtin"]["tracks"] == cfg.data.builtin.tracks == 3
 

@@ -188,6 +188,7 @@ def _print_summary(
         f"run dir     {run_dir}\n"
         f"checkpoint  {result.checkpoint}\n"
         f"next        tensorboard --logdir {Path(cfg.paths.root_dir) / 'outputs'}\n"
-        f"            python generate.py ckpt={result.checkpoint or 'last'} seconds=10",
+        f"            python generate.py ckpt={result.checkpoint or 'last'} seconds=10\n"
+        f"            python live.py ckpt={result.checkpoint or 'last'}",
         soft_wrap=True,
     )
