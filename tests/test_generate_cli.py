@@ -184,6 +184,7 @@ def test_old_spellings_of_the_decoding_knobs_name_the_new_key(
     for script, override, new in (
         ("generate.py", "options.decoding=greedy", "decoding=greedy"),
         ("train.py", "model.temperature=0.7", "temperature=0.7"),
+        ("train.py", "model.plan_hidden=512", "model.hidden=512"),  # renamed in format 3
     ):
         monkeypatch.setattr(sys, "argv", [script, override, f"paths.root_dir={tmp_path}"])
         GlobalHydra.instance().clear()

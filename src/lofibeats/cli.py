@@ -23,7 +23,8 @@ RUN_ID = f"{os.getpid()}{uuid.uuid4().hex[:4]}"
 
 
 # Keys that moved, old spelling -> new (DESIGN.md, "One owner per knob"): the decoding knobs are
-# top-level inference settings, neither generation `options.*` nor model hyperparameters.
+# top-level inference settings, neither generation `options.*` nor model hyperparameters; the
+# plan MLP's width took `model.hidden` (DESIGN.md, "Changes").
 MOVED_KEYS = {
     "options.temperature": "temperature",
     "options.top_p": "top_p",
@@ -32,6 +33,13 @@ MOVED_KEYS = {
     "model.top_p": "top_p",
     "model.decoding": "decoding",
     "model.creativity": "creativity",
+    "model.plan_hidden": "model.hidden",
+}
+_DECODING = "decoding is set at generation, not stored in the model"
+#: what the message about a moved key adds, where it says why
+MOVED_BECAUSE = {
+    **{f"model.{knob}": _DECODING for knob in ("temperature", "top_p", "decoding", "creativity")},
+    "model.plan_hidden": "the plan MLP's width; its sample renderer's is model.render_hidden",
 }
 
 
@@ -97,11 +105,7 @@ def check_moved_keys(argv: list[str]) -> None:
         key, _, value = arg.lstrip("+~").partition("=")
         new = MOVED_KEYS.get(key)
         if new:
-            why = (
-                " (decoding is set at generation, not stored in the model)"
-                if key.startswith("model.")
-                else ""
-            )
+            why = f" ({MOVED_BECAUSE[key]})" if key in MOVED_BECAUSE else ""
             raise ConfigError(f"{key} is now {new}{why}: give {new}={value or '<value>'}")
 
 
