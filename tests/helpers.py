@@ -134,8 +134,9 @@ def tiny_vseq2seq(head: str = "mulaw", **overrides) -> VSeq2SeqModule:
     return VSeq2SeqModule(**{**TINY, "head": head, "warmup_steps": 0, "latent_dim": 4, **overrides})
 
 
-def save_checkpoint(path: Path, module: pl.LightningModule) -> Path:
-    """`module` saved (with its parent folders) in Lightning's checkpoint format."""
+def save_checkpoint(path: Path, module: pl.LightningModule, **extra: object) -> Path:
+    """`module` saved (with its parent folders) in Lightning's checkpoint format, with `extra`
+    entries (e.g. `datamodule_hyper_parameters`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(
         {
@@ -143,6 +144,7 @@ def save_checkpoint(path: Path, module: pl.LightningModule) -> Path:
             "hyper_parameters": dict(module.hparams),
             "lofibeats_format": CHECKPOINT_FORMAT,
             "pytorch-lightning_version": pl.__version__,
+            **extra,
         },
         path,
     )

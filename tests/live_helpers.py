@@ -18,13 +18,12 @@ from omegaconf import OmegaConf
 
 from lofibeats.live.player import PlayerSettings
 from lofibeats.live.server import LiveSettings
-from lofibeats.models.base import CHECKPOINT_FORMAT
 from lofibeats.models.gan import GanModule
 from lofibeats.models.plan import PlanModule
 from lofibeats.models.seq2seq import Seq2SeqModule
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
-from helpers import LOOKBACK, compose_config
+from helpers import LOOKBACK, compose_config, save_checkpoint
 
 SR = 8000
 SMALL = dict(sr=SR, prev_len_max=128, next_len=64, hidden=16, layers=1, embed_dim=8)
@@ -55,17 +54,8 @@ def write_run(
 ) -> Path:
     """`outputs/<name>/` as train.py leaves it; the path of its last.ckpt."""
     run = outputs / name
-    ckpt = run / "checkpoints" / "last.ckpt"
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "state_dict": module.state_dict(),
-            "hyper_parameters": dict(module.hparams),
-            "lofibeats_format": CHECKPOINT_FORMAT,
-            "datamodule_hyper_parameters": data,
-            "pytorch-lightning_version": pl.__version__,
-        },
-        ckpt,
+    ckpt = save_checkpoint(
+        run / "checkpoints" / "last.ckpt", module, datamodule_hyper_parameters=data
     )
     hparams = dict(module.hparams)
     config = {"data": {**data, "sr": hparams["sr"]}, "model": hparams}
