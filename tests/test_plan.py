@@ -20,7 +20,14 @@ from lofibeats.metrics.sanity import audio_sanity
 from lofibeats.models.checkpoint import load_module
 from lofibeats.models.decoding import PlannedNet
 from lofibeats.models.plan import PlanModule
-from lofibeats.models.plan_net import AHEAD, PLAN_TEMPERATURE, Codebook, beat_period, dc_free
+from lofibeats.models.plan_net import (
+    AHEAD,
+    PLAN_TEMPERATURE,
+    Codebook,
+    beat_distance,
+    beat_period,
+    dc_free,
+)
 from lofibeats.models.sampling import AUTO_TEMPERATURE, Sampling
 
 pytestmark = pytest.mark.filterwarnings(
@@ -79,6 +86,7 @@ def noise_batch(rows: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
         ({"grain_shift": "-4ms"}, "model.grain_shift"),
         ({"grain_memory": -1}, "model.grain_memory"),
         ({"tempo_stretch": 0.8}, "model.tempo_stretch"),
+        ({"beat_prior": -1.0}, "model.beat_prior"),
     ],
 )
 def test_bad_plan_configs_name_the_key(overrides: dict, key: str) -> None:
@@ -152,6 +160,31 @@ def test_the_plan_reads_its_beat_lags_in_training_and_generation_alike() -> None
     with torch.no_grad():
         planned = net._plan(codes[:, :60], periods, 27, Sampling(decoding="greedy"), None)
     assert torch.equal(planned[:, 60:], codes[:, 60:87])
+
+
+def test_beat_distance_is_zero_for_a_code_a_beat_back_and_the_nearest_otherwise() -> None:
+    centroids = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 2.0]])
+    codes = torch.tensor([[2, 2, 1, 0, 3, 0]])  # 1 and 2 periods of 2 before the next: 3 and 1
+    distance = beat_distance(codes, torch.tensor([2]), centroids, beats=2)
+    assert torch.allclose(distance, torch.tensor([[1.0, 0.0, 4.0, 0.0]]), atol=1e-5)
+
+
+def test_a_strong_beat_prior_plays_what_the_last_beats_played_and_none_does_not() -> None:
+    """An untrained plan draws codes at random; pulled hard enough, every code it draws is one
+    the last beats played at that point (the prior's minimum), and without the pull not."""
+    gen = torch.Generator().manual_seed(0)
+    codes, period = torch.randint(0, 16, (4, 60), generator=gen), torch.full((4,), 5)
+    net = fitted().net
+
+    def beat_copies(prior: float) -> float:
+        net.beat_prior = prior
+        planned = net._plan(codes, period, 40, Sampling(temperature=1.0), gen)
+        new = torch.arange(60, 100)
+        back = planned[:, new[:, None] - period[0] * torch.arange(1, net.plan.beats + 1)]
+        return (back == planned[:, new, None]).any(-1).float().mean().item()
+
+    assert beat_copies(1e4) == 1.0
+    assert beat_copies(0.0) < 0.5
 
 
 def test_training_retimes_the_plans_frames_around_where_next_starts() -> None:

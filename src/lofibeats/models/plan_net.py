@@ -10,7 +10,10 @@ So this family generates in two stages, every `hop` samples (16 ms):
    envelope's autocorrelation between `period_min` and `period_max` (`beat_period`). `BeatPlan`
    predicts the next code from the codes `near` frames back and 1..`beats` periods back (and a
    frame either side of one period back): what the last bars did at this point of the beat is an
-   input, not something to find.
+   input, not something to find. At generation each draw is also pulled towards the frames at
+   this point of the last `beats` beats (`beat_distance`, weighted by `beat_prior`): the MLP
+   alone, on a track it never heard, writes codes whose onsets keep half the prime's periodicity
+   and drift off its grid (DESIGN.md, "A beat prior at generation").
 2. **Render.** By default (`render="grains"`, `lofibeats.models.grains`) each planned frame
    plays a real training grain of its code, overlap-added: a code says what its 16 ms sound
    like, and real grains keep the music's tone where a sample-level model trained for a CPU-hour
@@ -141,6 +144,23 @@ def beat_period(frames: torch.Tensor, shortest: int, longest: int) -> torch.Tens
     return lags[ac.argmax(-1)]
 
 
+def beat_distance(
+    codes: torch.Tensor, period: torch.Tensor, centroids: torch.Tensor, beats: int
+) -> torch.Tensor:
+    """(B, F) codes so far, (B,) periods -> (B, size): every code's squared distance from the
+    nearest of the frames 1..`beats` periods before the next one. Small for a code that sounds
+    like what one of the last beats played at this point of the beat."""
+    rows = torch.arange(len(codes), device=codes.device)[:, None]
+    back = codes.shape[1] - period[:, None] * torch.arange(1, beats + 1, device=codes.device)
+    frames = centroids[codes[rows, back]]  # (B, beats, n_mels)
+    return torch.cdist(frames, centroids[None].expand(len(codes), -1, -1)).amin(1).pow(2)
+
+
+def code_spread(centroids: torch.Tensor) -> torch.Tensor:
+    """The median squared distance between two codes: the unit `beat_prior` weighs in."""
+    return torch.cdist(centroids, centroids).pow(2).median().clamp_min(1e-12)
+
+
 class BeatPlan(nn.Module):
     """Logits of the next code from the codes at `offsets(period)` frames back."""
 
@@ -265,6 +285,7 @@ class PlanNet(nn.Module):
         plan_hidden: int,
         plan_layers: int,
         plan_dropout: float,
+        beat_prior: float,
         render: str,
         render_hidden: int,
         render_past: int,
@@ -274,6 +295,9 @@ class PlanNet(nn.Module):
     ) -> None:
         super().__init__()
         self.hop, self.period_min, self.period_max = hop, period_min, period_max
+        #: how hard each drawn code is pulled to the last beats' frames (`beat_distance`), in
+        #: units of the codebook's spread: a logit penalty of beat_prior per typical distance
+        self.beat_prior = beat_prior
         self.frames = LogMel(sr, hop, n_mels)
         self.codebook = Codebook(codes, n_mels)
         self.plan = BeatPlan(codes, near, beats, plan_width, plan_hidden, plan_layers, plan_dropout)
@@ -405,11 +429,14 @@ class PlanNet(nn.Module):
     ) -> torch.Tensor:
         back = self.plan.offsets(period)
         rows = torch.arange(len(codes), device=codes.device)[:, None]
-        new = []
+        centroids = self.codebook.centroids
+        pull = self.beat_prior / code_spread(centroids) if self.beat_prior else None
         for _ in range(count):
-            inputs = codes[rows, codes.shape[1] - back]
-            new.append(sample_classes(self.plan(inputs), sampling, generator))
-            codes = torch.cat([codes, new[-1][:, None]], 1)
+            logits = self.plan(codes[rows, codes.shape[1] - back])
+            if pull is not None:
+                logits = logits - pull * beat_distance(codes, period, centroids, self.plan.beats)
+            new = sample_classes(logits, sampling, generator)
+            codes = torch.cat([codes, new[:, None]], 1)
         return codes
 
 
