@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lofibeats.commands.inference import sampling_from
+from lofibeats.commands.inference import apply_beat_prior, sampling_from
 from lofibeats.commands.train import train
 from lofibeats.errors import ConfigError
 from lofibeats.generation.longform import generate_long
@@ -29,6 +29,8 @@ from lofibeats.models.plan_net import (
     dc_free,
 )
 from lofibeats.models.sampling import AUTO_TEMPERATURE, Sampling
+
+from helpers import tiny_seq2seq
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
@@ -187,6 +189,19 @@ def test_a_strong_beat_prior_plays_what_the_last_beats_played_and_none_does_not(
     assert beat_copies(0.0) < 0.5
 
 
+def test_beat_prior_on_the_command_line_sets_the_plans_and_is_refused_elsewhere() -> None:
+    model = tiny()
+    assert model.net.beat_prior == 15.0  # conf/model/plan.yaml's, and the checkpoints'
+    apply_beat_prior(OmegaConf.create({"beat_prior": None}), model)
+    assert model.net.beat_prior == 15.0
+    apply_beat_prior(OmegaConf.create({"beat_prior": 0}), model)
+    assert model.net.beat_prior == 0.0
+    with pytest.raises(ConfigError, match=r"beat_prior=-1: give a number >= 0"):
+        apply_beat_prior(OmegaConf.create({"beat_prior": -1}), model)
+    with pytest.raises(ConfigError, match="only plan models have a beat prior; this checkpoint"):
+        apply_beat_prior(OmegaConf.create({"beat_prior": 5}), tiny_seq2seq())
+
+
 def test_training_retimes_the_plans_frames_around_where_next_starts() -> None:
     """Tempo stretch: the plan trains on frames re-timed by a rate within the stretch, next's
     first frame kept, prev never shorter than the plan's reach; 1 leaves them as they are."""
@@ -271,6 +286,8 @@ def test_a_rewound_stream_plays_the_same_again_and_a_knob_changes_what_follows(
     render: str,
 ) -> None:
     model = fitted(render)
+    # the untrained plan's own draws: a strong beat prior would pick the same codes greedy or not
+    model.net.beat_prior = 0.0
     stream = Stream(model, noise_batch(rows=1)[0], carry="state", seed=0)
     stream.read(700)
     mark = stream.mark()

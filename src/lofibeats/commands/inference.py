@@ -25,6 +25,7 @@ from lofibeats.generation.stream import resolve_carry
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
 from lofibeats.models.decoding import auto_temperature, has_lookback
+from lofibeats.models.plan import PlanModule
 from lofibeats.models.sampling import Sampling, is_auto
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.runs import resolve_checkpoint
@@ -120,6 +121,21 @@ def check_latent_keys(cfg: DictConfig, module: LofiModule) -> None:
             f"{given[0]}: only vseq2seq models have a latent z; this checkpoint is a "
             f"{module.family} model (drop {given[0]})"
         )
+
+
+def apply_beat_prior(cfg: DictConfig, module: LofiModule) -> None:
+    """Set `beat_prior` (how hard a plan is pulled towards what its last beats played) on the
+    loaded plan; null keeps the checkpoint's `model.beat_prior`. A ConfigError for a number
+    that is not >= 0, or for a family without a plan."""
+    value = cfg.get("beat_prior")
+    if value is None:
+        return
+    if not isinstance(module, PlanModule):
+        raise ConfigError(
+            f"beat_prior: only plan models have a beat prior; this checkpoint is a "
+            f"{module.family} model (drop beat_prior)"
+        )
+    module.net.beat_prior = number(value, "beat_prior", low=0.0)
 
 
 def prime_seconds(cfg: DictConfig, module: LofiModule, shortest: float) -> float | None:
