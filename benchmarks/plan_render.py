@@ -15,7 +15,8 @@ Random weights throughout (speed does not depend on them), batch 1, measured in 
    with engine=reference (the baseline) and engine=fused (the plan, the renderer's
    conditioning, the render loop and the DC blocker), and the default grains (the plan and
    the grains' joins and overlap-add), beside the same grains with the join's head spectra
-   computed for every frame's candidates, as before `GrainBank.heads` kept them.
+   computed for every frame's candidates, as before `GrainBank.heads` kept them, and the
+   default grains drawing the plan without its beat prior (`beat_prior=0`).
 
 Printed: samples/s, the real-time factor (audio seconds per wall second; "CPU RTF" per second
 of this process's CPU time, what an unshared core would give on a busy machine) and the
@@ -124,6 +125,14 @@ def per_frame_spectra(module: PlanModule) -> PlanModule:
     return copy
 
 
+def plan_alone(module: PlanModule) -> PlanModule:
+    """A copy of `module` that draws its plan without the beat prior (`beat_prior=0`)."""
+    copy = PlanModule(**dict(module.hparams)).eval()
+    copy.load_state_dict(module.state_dict())
+    copy.net.beat_prior = 0.0
+    return copy
+
+
 def untrained(args: argparse.Namespace, render: str) -> PlanModule:
     """A default-size PlanModule with random weights, its codebook (and grains) fitted on noise."""
     torch.manual_seed(0)
@@ -157,6 +166,7 @@ def bench_stream(args: argparse.Namespace) -> None:
         "render=grains, join spectra per frame": timed_stream(
             per_frame_spectra(grains), prime, "auto", n
         ),
+        "render=grains, beat_prior=0": timed_stream(plan_alone(grains), prime, "auto", n),
     }
     header(
         f"2. stream: PlanModule(sr={args.sr}, prev_len_max={4 * args.sr}, next_len=16384), "
@@ -175,7 +185,8 @@ def bench_stream(args: argparse.Namespace) -> None:
     )
     print(
         f"grains: the cached join spectra run {per_frame[1] / cached[1]:.2f}x the per-frame join "
-        f"(the same audio: {bool(torch.equal(cached[0], per_frame[0]))})"
+        f"(the same audio: {bool(torch.equal(cached[0], per_frame[0]))}); the beat prior costs "
+        f"{cached[1] / runs['render=grains, beat_prior=0'][1]:.2f}x the plan alone's time"
     )
 
 

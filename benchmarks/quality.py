@@ -3,7 +3,7 @@
     python benchmarks/quality.py --family plan|seq2seq|vseq2seq|gan --data builtin|<folder>
         [--sr 16000] [--minutes 15] [--takes 8] [--seconds 10] [--prime-seconds 4]
         [--windows 16] [--temperature auto|T] [--top-p P] [--loop 0|auto|L] [--seed 0] [--out DIR]
-        [--run DIR] [--carry auto|window|state] [key=value ...]
+        [--run DIR] [--carry auto|window|state] [--beat-prior B] [key=value ...]
 
 Trains with `python train.py model=<family> data.sr=<sr> +trainer.max_time=<budget>
 trainer.max_steps=-1` (a subprocess, exactly what a user runs; trailing `key=value` arguments are
@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader
 
 from lofibeats.audio.spectrogram import save_spectrogram_png
 from lofibeats.commands.evaluate import EvalAudio, teacher_forced
+from lofibeats.commands.inference import apply_beat_prior
 from lofibeats.data.windows import ValWindows, collate_pairs
 from lofibeats.errors import ConfigError
 from lofibeats.generation.longform import generate_long
@@ -92,6 +93,12 @@ def parse_args() -> argparse.Namespace:
         choices=("auto", "window", "state"),
         default="auto",
         help="how takes connect chunks (auto: as generate.py decides, see resolve_carry)",
+    )
+    parser.add_argument(
+        "--beat-prior",
+        type=float,
+        default=None,
+        help="plan: generate with this beat_prior (default: auto, as generate.py)",
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for train.py")
     args = parser.parse_args()
@@ -206,6 +213,7 @@ def main() -> None:
     else:
         status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
     module = load_module(run_dir / "checkpoints" / "last.ckpt").eval()
+    apply_beat_prior(OmegaConf.create({"beat_prior": args.beat_prior}), module)
     sr = module.sample_rate
     audio = heldout(run_dir, test_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -238,13 +246,14 @@ def main() -> None:
     )
 
     held = "test/" if test_dir is not None else "val split"
+    prior = f", beat_prior {module.net.beat_prior:g}" if hasattr(module.net, "beat_prior") else ""
     lines = [
         f"command: {command}",
         f"trained: {status.get('steps')} steps in {float(status.get('wall_s', 0)) / 60:.1f} min, "
         f"{status.get('metric')} {status.get('value')}; {module.family} at {sr} Hz; "
         f"held-out audio: {held} ({len(audio.spans)} files)",
         f"takes: {args.takes} x {args.seconds:g} s after {args.prime_seconds:g} s real primes, "
-        f"{sampling}, carry={carry}, seed {args.seed}; generated in {gen_wall:.0f} s "
+        f"{sampling}{prior}, carry={carry}, seed {args.seed}; generated in {gen_wall:.0f} s "
         f"(RTF {args.takes * args.seconds / gen_wall:.2f}x for all takes)",
         "",
         "| audio | beat | flatness | repeat | loop s | copy span s | DC | max abs DC | RMS "

@@ -111,11 +111,11 @@ def test_data_sr_is_the_one_rate_key(make_cfg, model: str) -> None:
     assert rates == dict.fromkeys(rates, 16000)
 
 
-KNOB = re.compile(r"^\s*(temperature|top_p|decoding|loop|creativity):\s*([^#\s]*)")
+KNOB = re.compile(r"^\s*(temperature|top_p|decoding|loop|creativity|beat_prior):\s*([^#\s]*)")
 
 
 def test_every_decoding_knob_has_one_owner() -> None:
-    """temperature, top_p, decoding, loop and creativity are set in one file each
+    """temperature, top_p, decoding, loop, creativity and beat_prior are set in one file each
     (conf/sampling, conf/inference; a preset of the sampling group may override them);
     anywhere else they may only interpolate it, never hold a second value."""
     owners: dict[str, list[str]] = {}
@@ -130,6 +130,7 @@ def test_every_decoding_knob_has_one_owner() -> None:
         "decoding": ["sampling/default.yaml"],
         "loop": ["sampling/default.yaml", "sampling/loop.yaml"],
         "creativity": ["inference/default.yaml"],
+        "beat_prior": ["inference/default.yaml"],
     }
 
 

@@ -83,7 +83,7 @@ def cfg(root: Path, *overrides: str):
         ("temperature=-1", "temperature=-1"),
         ("loop=2", "loop=2: give a number >= 0 and <= 1"),
         ("weights=int8", "weights='int8': choose one of float32, float16"),
-        ("beat_prior=5", "beat_prior: live.py plays each plan model with its own"),
+        ("beat_prior=5", "beat_prior: live.py plays every plan model at beat_prior=auto"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, override: str, message: str) -> None:

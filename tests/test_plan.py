@@ -22,6 +22,7 @@ from lofibeats.models.decoding import PlannedNet
 from lofibeats.models.plan import PlanModule
 from lofibeats.models.plan_net import (
     AHEAD,
+    PLAN_BEAT_PRIOR,
     PLAN_TEMPERATURE,
     Codebook,
     beat_distance,
@@ -88,7 +89,6 @@ def noise_batch(rows: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tenso
         ({"grain_shift": "-4ms"}, "model.grain_shift"),
         ({"grain_memory": -1}, "model.grain_memory"),
         ({"tempo_stretch": 0.8}, "model.tempo_stretch"),
-        ({"beat_prior": -1.0}, "model.beat_prior"),
     ],
 )
 def test_bad_plan_configs_name_the_key(overrides: dict, key: str) -> None:
@@ -191,15 +191,16 @@ def test_a_strong_beat_prior_plays_what_the_last_beats_played_and_none_does_not(
 
 def test_beat_prior_on_the_command_line_sets_the_plans_and_is_refused_elsewhere() -> None:
     model = tiny()
-    assert model.net.beat_prior == 15.0  # conf/model/plan.yaml's, and the checkpoints'
-    apply_beat_prior(OmegaConf.create({"beat_prior": None}), model)
-    assert model.net.beat_prior == 15.0
+    assert model.net.beat_prior == PLAN_BEAT_PRIOR
+    apply_beat_prior(OmegaConf.create({"beat_prior": "auto"}), model)
+    assert model.net.beat_prior == PLAN_BEAT_PRIOR
     apply_beat_prior(OmegaConf.create({"beat_prior": 0}), model)
     assert model.net.beat_prior == 0.0
     with pytest.raises(ConfigError, match=r"beat_prior=-1: give a number >= 0"):
         apply_beat_prior(OmegaConf.create({"beat_prior": -1}), model)
     with pytest.raises(ConfigError, match="only plan models have a beat prior; this checkpoint"):
         apply_beat_prior(OmegaConf.create({"beat_prior": 5}), tiny_seq2seq())
+    apply_beat_prior(OmegaConf.create({"beat_prior": "auto"}), tiny_seq2seq())  # the default
 
 
 def test_training_retimes_the_plans_frames_around_where_next_starts() -> None:

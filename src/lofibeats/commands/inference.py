@@ -125,10 +125,10 @@ def check_latent_keys(cfg: DictConfig, module: LofiModule) -> None:
 
 def apply_beat_prior(cfg: DictConfig, module: LofiModule) -> None:
     """Set `beat_prior` (how hard a plan is pulled towards what its last beats played) on the
-    loaded plan; null keeps the checkpoint's `model.beat_prior`. A ConfigError for a number
-    that is not >= 0, or for a family without a plan."""
+    loaded plan; auto (or null) keeps the family's measured `PLAN_BEAT_PRIOR`. A ConfigError
+    for a number that is not >= 0, or a number for a family without a plan."""
     value = cfg.get("beat_prior")
-    if value is None:
+    if value is None or is_auto(value):
         return
     if not isinstance(module, PlanModule):
         raise ConfigError(

@@ -67,10 +67,10 @@ def settings_from(cfg: DictConfig) -> LiveSettings:
     }
     if cfg.get("creativity") is not None:
         knobs["creativity"] = number(cfg.creativity, "creativity", low=0.0)
-    if cfg.get("beat_prior") is not None:
+    if cfg.get("beat_prior") is not None and not is_auto(cfg.beat_prior):
         raise ConfigError(
-            "beat_prior: live.py plays each plan model with its own model.beat_prior; give "
-            "beat_prior to generate.py or eval.py, or drop it"
+            "beat_prior: live.py plays every plan model at beat_prior=auto; give beat_prior "
+            "to generate.py or eval.py, or drop it"
         )
     options = cfg.get("options") or {}
     seed = cfg.get("seed")

@@ -352,7 +352,6 @@ class PlanConfig(ModelConfig):
     layers: int = 2  # ... and its hidden layers
     plan_dropout: float = 0.0
     tempo_stretch: float = 1.0  # the plan trains on frames re-timed up to this much (1 = off)
-    beat_prior: float = 15.0  # how hard each drawn code is pulled to the last beats' (0 = off)
     render: str = "grains"  # what plays the plan: "grains" of training audio, or "samples"
     grains: int = 32  # grains kept per code (render="grains") ...
     grain_memory: int = 64  # ... none replayed within this many frames
@@ -430,7 +429,6 @@ class PlanConfig(ModelConfig):
                 values["plan_dropout"], "model.plan_dropout", low=0.0, high=1.0, high_open=True
             ),
             tempo_stretch=number(values["tempo_stretch"], "model.tempo_stretch", low=1.0),
-            beat_prior=number(values["beat_prior"], "model.beat_prior", low=0.0),
             render=render,
             grains=count("grains"),
             grain_memory=count("grain_memory", 0),

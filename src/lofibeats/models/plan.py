@@ -65,7 +65,6 @@ class PlanModule(LofiModule):
             plan_hidden=c.hidden,
             plan_layers=c.layers,
             plan_dropout=c.plan_dropout,
-            beat_prior=c.beat_prior,
             render=c.render,
             render_hidden=c.render_hidden,
             render_past=c.render_past,

@@ -44,6 +44,7 @@ from lofibeats.models.sampling import Sampling
 
 AHEAD = 2  # frames the plan runs ahead of the render: the renderer's two 3-wide convs
 PLAN_TEMPERATURE = 0.5  # the plan's draws at temperature=auto (README, "Plan, then render")
+PLAN_BEAT_PRIOR = 15.0  # beat_prior=auto: measured with PLAN_TEMPERATURE (README, "A beat prior")
 RENDER_TEMPERATURE = 0.85  # measured with docs/probes/oracle_render.py (1.0 hisses, 0.7 thins)
 DC_POLE = 0.995  # the DC blocker's pole: a corner near 13 Hz at 16 kHz
 LOG_FLOOR, LOG_SHIFT, LOG_SCALE = 1e-5, 5.0, 4.0  # log-mel frames scaled to roughly [-1.6, 1.5]
@@ -285,7 +286,6 @@ class PlanNet(nn.Module):
         plan_hidden: int,
         plan_layers: int,
         plan_dropout: float,
-        beat_prior: float,
         render: str,
         render_hidden: int,
         render_past: int,
@@ -296,8 +296,9 @@ class PlanNet(nn.Module):
         super().__init__()
         self.hop, self.period_min, self.period_max = hop, period_min, period_max
         #: how hard each drawn code is pulled to the last beats' frames (`beat_distance`), in
-        #: units of the codebook's spread: a logit penalty of beat_prior per typical distance
-        self.beat_prior = beat_prior
+        #: units of the codebook's spread: a logit penalty of beat_prior per typical distance.
+        #: A decoding knob, not a weight: generate.py's `beat_prior=` sets it
+        self.beat_prior = PLAN_BEAT_PRIOR
         self.frames = LogMel(sr, hop, n_mels)
         self.codebook = Codebook(codes, n_mels)
         self.plan = BeatPlan(codes, near, beats, plan_width, plan_hidden, plan_layers, plan_dropout)
