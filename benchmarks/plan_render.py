@@ -38,7 +38,8 @@ from lofibeats.generation.kernel import load_kernel
 from lofibeats.generation.stream import Stream
 from lofibeats.models.grains import GrainBank
 from lofibeats.models.plan import PlanModule
-from lofibeats.models.plan_net import Renderer, companded, render_reference
+from lofibeats.models.plan_net import PLAN_BEAT_PRIOR, Renderer, companded, render_reference
+from lofibeats.models.sampling import Sampling
 
 READ_S = 0.5
 
@@ -125,14 +126,6 @@ def per_frame_spectra(module: PlanModule) -> PlanModule:
     return copy
 
 
-def plan_alone(module: PlanModule) -> PlanModule:
-    """A copy of `module` that draws its plan without the beat prior (`beat_prior=0`)."""
-    copy = PlanModule(**dict(module.hparams)).eval()
-    copy.load_state_dict(module.state_dict())
-    copy.net.beat_prior = 0.0
-    return copy
-
-
 def untrained(args: argparse.Namespace, render: str) -> PlanModule:
     """A default-size PlanModule with random weights, its codebook (and grains) fitted on noise."""
     torch.manual_seed(0)
@@ -142,10 +135,16 @@ def untrained(args: argparse.Namespace, render: str) -> PlanModule:
 
 
 def timed_stream(
-    module: PlanModule, prime: torch.Tensor, engine: str, n: int
+    module: PlanModule,
+    prime: torch.Tensor,
+    engine: str,
+    n: int,
+    beat_prior: float = PLAN_BEAT_PRIOR,
 ) -> tuple[torch.Tensor, float, float, str]:
-    """(audio, wall s, CPU s, engine name) of a stream reading `n` samples in READ_S pieces."""
-    stream = Stream(module, prime, carry="state", engine=engine, seed=0)
+    """(audio, wall s, CPU s, engine name) of a stream reading `n` samples in READ_S pieces,
+    the plan drawn at temperature 1 under `beat_prior`."""
+    sampling = Sampling(beat_prior=beat_prior)
+    stream = Stream(module, prime, sampling=sampling, carry="state", engine=engine, seed=0)
     piece = round(READ_S * module.sample_rate)
     started, started_cpu, pieces, done = time.perf_counter(), time.process_time(), [], 0
     while done < n:
@@ -166,7 +165,7 @@ def bench_stream(args: argparse.Namespace) -> None:
         "render=grains, join spectra per frame": timed_stream(
             per_frame_spectra(grains), prime, "auto", n
         ),
-        "render=grains, beat_prior=0": timed_stream(plan_alone(grains), prime, "auto", n),
+        "render=grains, beat_prior=0": timed_stream(grains, prime, "auto", n, beat_prior=0.0),
     }
     header(
         f"2. stream: PlanModule(sr={args.sr}, prev_len_max={4 * args.sr}, next_len=16384), "

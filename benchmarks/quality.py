@@ -42,7 +42,6 @@ from torch.utils.data import DataLoader
 
 from lofibeats.audio.spectrogram import save_spectrogram_png
 from lofibeats.commands.evaluate import EvalAudio, teacher_forced
-from lofibeats.commands.inference import apply_beat_prior
 from lofibeats.data.windows import ValWindows, collate_pairs
 from lofibeats.errors import ConfigError
 from lofibeats.generation.longform import generate_long
@@ -51,7 +50,7 @@ from lofibeats.metrics.context_nll import CONTEXT_SECONDS, context_nll
 from lofibeats.metrics.music import music_stats
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import load_module
-from lofibeats.models.decoding import auto_temperature, has_lookback
+from lofibeats.models.decoding import auto_beat_prior, auto_temperature, has_lookback
 from lofibeats.models.sampling import Sampling
 
 REPO = Path(__file__).resolve().parents[1]
@@ -95,15 +94,12 @@ def parse_args() -> argparse.Namespace:
         help="how takes connect chunks (auto: as generate.py decides, see resolve_carry)",
     )
     parser.add_argument(
-        "--beat-prior",
-        type=float,
-        default=None,
-        help="plan: generate with this beat_prior (default: auto, as generate.py)",
+        "--beat-prior", type=knob, default="auto", help="plan models: auto (15) or B (0: off)"
     )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for train.py")
     args = parser.parse_args()
     try:  # a bad knob stops the benchmark before it trains
-        Sampling.parse(args.temperature, args.top_p, loop=args.loop)
+        Sampling.parse(args.temperature, args.top_p, loop=args.loop, beat_prior=args.beat_prior)
     except ConfigError as exc:
         parser.error(str(exc))
     return args
@@ -213,7 +209,6 @@ def main() -> None:
     else:
         status = json.loads((run_dir / "status.json").read_text(encoding="utf-8"))
     module = load_module(run_dir / "checkpoints" / "last.ckpt").eval()
-    apply_beat_prior(OmegaConf.create({"beat_prior": args.beat_prior}), module)
     sr = module.sample_rate
     audio = heldout(run_dir, test_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -228,8 +223,10 @@ def main() -> None:
         args.temperature,
         args.top_p,
         loop=args.loop,
+        beat_prior=args.beat_prior,
         lookback=has_lookback(module.net),
         model_temperature=auto_temperature(module.net),
+        model_beat_prior=auto_beat_prior(module.net),
     )
     generated = generate_long(
         module, primes, take_len, sampling=sampling, seed=args.seed, carry=carry
@@ -246,14 +243,13 @@ def main() -> None:
     )
 
     held = "test/" if test_dir is not None else "val split"
-    prior = f", beat_prior {module.net.beat_prior:g}" if hasattr(module.net, "beat_prior") else ""
     lines = [
         f"command: {command}",
         f"trained: {status.get('steps')} steps in {float(status.get('wall_s', 0)) / 60:.1f} min, "
         f"{status.get('metric')} {status.get('value')}; {module.family} at {sr} Hz; "
         f"held-out audio: {held} ({len(audio.spans)} files)",
         f"takes: {args.takes} x {args.seconds:g} s after {args.prime_seconds:g} s real primes, "
-        f"{sampling}{prior}, carry={carry}, seed {args.seed}; generated in {gen_wall:.0f} s "
+        f"{sampling}, carry={carry}, seed {args.seed}; generated in {gen_wall:.0f} s "
         f"(RTF {args.takes * args.seconds / gen_wall:.2f}x for all takes)",
         "",
         "| audio | beat | flatness | repeat | loop s | copy span s | DC | max abs DC | RMS "

@@ -130,7 +130,7 @@ def test_every_decoding_knob_has_one_owner() -> None:
         "decoding": ["sampling/default.yaml"],
         "loop": ["sampling/default.yaml", "sampling/loop.yaml"],
         "creativity": ["inference/default.yaml"],
-        "beat_prior": ["inference/default.yaml"],
+        "beat_prior": ["sampling/default.yaml"],
     }
 
 

@@ -4,8 +4,8 @@ it played, the underruns and the knob revision it is playing (`window.lofi`).
 
 The default suite runs a short session (play, first audio, non-silent, no underrun after the
 first second, a key press on a knob heard within 0.5 s, two more tabs with their own takes,
-freed when closed) and the loop slider of a lookback model; `pytest -m slow` runs the 20-s
-session and a model slower than real time. Skipped, with the reason, where chromium or
+freed when closed), the loop slider of a lookback model and the beat slider of a plan;
+`pytest -m slow` runs the 20-s session and a model slower than real time. Skipped, with the reason, where chromium or
 chromedriver is not installed (.ci/run installs them).
 """
 
@@ -168,6 +168,26 @@ def test_the_loop_slider_shows_for_a_lookback_model_and_reaches_its_stream(runs)
         (session,) = server.live.sessions.values()
         assert _eventually(lambda: session.player._take.stream.sampling.loop == 1.0)
         assert driver.find_element("id", "loop-value").text == "1.00"
+        assert state(driver)["errors"] == []
+
+
+def test_the_beat_slider_shows_for_a_plan_model_and_reaches_its_stream(runs) -> None:
+    """A plan take shows the beat slider at `auto`'s value (15) and no loop slider; a key press
+    on it goes into the take's Sampling."""
+    from selenium.webdriver.common.keys import Keys
+
+    root, ckpts = runs
+    live = settings(root, default_ckpt=ckpts["plan"], prime="none")
+    with ServerThread(live, shelf(root), preload=True) as server, chromium() as driver:
+        press_play(driver, server.url)
+        beat = driver.find_element("id", "beat-prior")
+        assert _eventually(lambda: beat.is_displayed())
+        assert driver.find_element("id", "beat-prior-value").text == "15"
+        assert not driver.find_element("id", "loop").is_displayed()
+        beat.send_keys(Keys.HOME)
+        (session,) = server.live.sessions.values()
+        assert _eventually(lambda: session.player._take.stream.sampling.beat_prior == 0.0)
+        assert driver.find_element("id", "beat-prior-value").text == "0"
         assert state(driver)["errors"] == []
 
 

@@ -83,7 +83,7 @@ def cfg(root: Path, *overrides: str):
         ("temperature=-1", "temperature=-1"),
         ("loop=2", "loop=2: give a number >= 0 and <= 1"),
         ("weights=int8", "weights='int8': choose one of float32, float16"),
-        ("beat_prior=5", "beat_prior: live.py plays every plan model at beat_prior=auto"),
+        ("beat_prior=-5", "beat_prior=-5: give a number >= 0"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, override: str, message: str) -> None:
@@ -99,10 +99,17 @@ def test_an_exposed_host_gets_a_token_and_localhost_none(tmp_path: Path) -> None
     chosen = settings_from(cfg(tmp_path, "live.host=0.0.0.0", "live.token=correct-horse"))
     assert chosen.token == "correct-horse"
     knobs = settings_from(cfg(tmp_path, "temperature=0.7", "top_p=0.9", "creativity=0.5")).knobs
-    assert knobs == {"temperature": 0.7, "top_p": 0.9, "loop": 0.0, "creativity": 0.5}
+    assert knobs == {
+        "temperature": 0.7,
+        "top_p": 0.9,
+        "loop": 0.0,
+        "beat_prior": "auto",
+        "creativity": 0.5,
+    }
     knobs = settings_from(cfg(tmp_path, "loop=auto")).knobs
     assert (knobs["temperature"], knobs["loop"]) == ("auto", "auto")  # the player resolves them
     assert settings_from(cfg(tmp_path, "loop=0.4")).knobs["loop"] == 0.4
+    assert settings_from(cfg(tmp_path, "beat_prior=30")).knobs["beat_prior"] == 30.0
 
 
 def test_loop_for_a_starting_model_without_a_lookback_says_so(runs, tmp_path: Path) -> None:

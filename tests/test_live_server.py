@@ -30,7 +30,7 @@ from lofibeats.live.harness import ServerThread
 from lofibeats.live.player import THREAD_PREFIX
 from lofibeats.live.protocol import HEADER, ProtocolError, check_knobs, pack_frame, unpack_frame
 from lofibeats.models.checkpoint import load_module
-from lofibeats.models.plan_net import PLAN_TEMPERATURE
+from lofibeats.models.plan_net import PLAN_BEAT_PRIOR, PLAN_TEMPERATURE
 from lofibeats.models.sampling import Sampling
 
 
@@ -392,6 +392,59 @@ def test_the_loop_knob_plays_a_lookback_take_and_no_other(runs) -> None:
         listener.samples(other["take"], frame)  # it plays on, as trained
         assert session.player._take.stream.sampling == Sampling(0.9)
         listener.close()
+
+
+def test_the_beat_prior_knob_plays_a_plan_take_and_no_other(runs) -> None:
+    """A plan take starts at beat_prior=auto (the family's 15) and offers the knob; a change is
+    what a bare Stream makes with that prior set there. A model without a plan offers none and
+    refuses a non-zero prior."""
+    root, ckpts = runs
+    changes = dict(prime="none", frame_ms=10, ahead_seconds=0.3, knob_lead_seconds=0.0)
+    live = settings(root, default_ckpt=ckpts["plan"], **changes)
+    live = dataclasses.replace(live, knobs={**live.knobs, "beat_prior": "auto"})
+    with ServerThread(live, shelf(root)) as server:
+        listener = Listener(server)
+        listener.send(type="start")
+        take = listener.expect("take")
+        assert take["plan"] and take["knobs"]["beat_prior"] == PLAN_BEAT_PRIOR
+        number, frame = take["take"], take["frame"]
+        listener.samples(number, 2 * frame)
+        listener.send(type="set", id=1, beat_prior=0)
+        reply = listener.expect("knobs", id=1)
+        assert reply["knobs"]["beat_prior"] == 0.0
+        (session,) = server.live.sessions.values()
+        sampling = session.player._take.stream.sampling
+        assert sampling == Sampling(0.9, beat_prior=0.0)
+        at = reply["position"]
+        listener.replaced(number, at, reply["rev"], frame)
+        served = listener.samples(number, at + frame)
+        stream = Stream(
+            load_module(ckpts["plan"]),
+            None,
+            sampling=Sampling(0.9, beat_prior=PLAN_BEAT_PRIOR),
+            seed=take["seed"],
+            carry="state",
+        )
+        head = stream.read(at)
+        stream.sampling = sampling
+        audio = torch.cat([head, stream.read(frame)], dim=1)[0].numpy()
+        assert np.array_equal(served, unpack_frame(pack_frame(0, 0, 0, audio))[3])
+        plain = ckpts["seq2seq"].relative_to(root / "outputs").as_posix()
+        listener.send(type="start", checkpoint=plain)
+        other = listener.expect("take", plan=False)
+        assert "beat_prior" not in other["knobs"]
+        listener.send(type="set", id=2, beat_prior=5)
+        refused = listener.expect("error", id=2)
+        assert refused["key"] == "beat_prior" and "only plan models" in refused["message"]
+        listener.samples(other["take"], frame)
+        listener.close()
+
+
+def test_beat_prior_is_a_knob_from_0_to_its_maximum() -> None:
+    assert check_knobs({"type": "set", "beat_prior": 30}) == {"beat_prior": 30.0}
+    with pytest.raises(ProtocolError, match=r"^beat_prior=-1: give a number >= 0") as bad:
+        check_knobs({"type": "set", "beat_prior": -1})
+    assert bad.value.key == "beat_prior"
 
 
 # ---------------------------------------------------------------------- bad input

@@ -11,9 +11,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from lofibeats.commands.inference import apply_beat_prior, sampling_from
+from lofibeats.commands.inference import sampling_from
 from lofibeats.commands.train import train
 from lofibeats.errors import ConfigError
+from lofibeats.generation.engine import check_sampling
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.stream import Stream, resolve_carry
 from lofibeats.metrics.sanity import audio_sanity
@@ -179,8 +180,7 @@ def test_a_strong_beat_prior_plays_what_the_last_beats_played_and_none_does_not(
     net = fitted().net
 
     def beat_copies(prior: float) -> float:
-        net.beat_prior = prior
-        planned = net._plan(codes, period, 40, Sampling(temperature=1.0), gen)
+        planned = net._plan(codes, period, 40, Sampling(beat_prior=prior), gen)
         new = torch.arange(60, 100)
         back = planned[:, new[:, None] - period[0] * torch.arange(1, net.plan.beats + 1)]
         return (back == planned[:, new, None]).any(-1).float().mean().item()
@@ -189,18 +189,17 @@ def test_a_strong_beat_prior_plays_what_the_last_beats_played_and_none_does_not(
     assert beat_copies(0.0) < 0.5
 
 
-def test_beat_prior_on_the_command_line_sets_the_plans_and_is_refused_elsewhere() -> None:
-    model = tiny()
-    assert model.net.beat_prior == PLAN_BEAT_PRIOR
-    apply_beat_prior(OmegaConf.create({"beat_prior": "auto"}), model)
-    assert model.net.beat_prior == PLAN_BEAT_PRIOR
-    apply_beat_prior(OmegaConf.create({"beat_prior": 0}), model)
-    assert model.net.beat_prior == 0.0
+def test_beat_prior_auto_is_the_plans_and_a_number_is_refused_without_a_plan() -> None:
+    net = tiny().net
+    knobs = OmegaConf.create({"temperature": "auto", "decoding": "sample", "beat_prior": "auto"})
+    assert sampling_from(knobs, net).beat_prior == PLAN_BEAT_PRIOR
+    assert sampling_from(OmegaConf.merge(knobs, {"beat_prior": 0}), net).beat_prior == 0.0
+    assert sampling_from(knobs, tiny_seq2seq().net).beat_prior == 0.0  # auto: no plan, no pull
     with pytest.raises(ConfigError, match=r"beat_prior=-1: give a number >= 0"):
-        apply_beat_prior(OmegaConf.create({"beat_prior": -1}), model)
-    with pytest.raises(ConfigError, match="only plan models have a beat prior; this checkpoint"):
-        apply_beat_prior(OmegaConf.create({"beat_prior": 5}), tiny_seq2seq())
-    apply_beat_prior(OmegaConf.create({"beat_prior": "auto"}), tiny_seq2seq())  # the default
+        sampling_from(OmegaConf.merge(knobs, {"beat_prior": -1}), net)
+    seq2seq = tiny_seq2seq().net
+    with pytest.raises(ConfigError, match="beat_prior=5: only plan models draw a plan"):
+        check_sampling(seq2seq, sampling_from(OmegaConf.merge(knobs, {"beat_prior": 5}), seq2seq))
 
 
 def test_training_retimes_the_plans_frames_around_where_next_starts() -> None:
@@ -287,8 +286,6 @@ def test_a_rewound_stream_plays_the_same_again_and_a_knob_changes_what_follows(
     render: str,
 ) -> None:
     model = fitted(render)
-    # the untrained plan's own draws: a strong beat prior would pick the same codes greedy or not
-    model.net.beat_prior = 0.0
     stream = Stream(model, noise_batch(rows=1)[0], carry="state", seed=0)
     stream.read(700)
     mark = stream.mark()
@@ -303,7 +300,7 @@ def test_a_rewound_stream_plays_the_same_again_and_a_knob_changes_what_follows(
 def test_temperature_auto_draws_the_plan_at_its_measured_temperature() -> None:
     net = tiny().net
     auto = OmegaConf.create({"temperature": "auto", "loop": "auto", "decoding": "sample"})
-    assert sampling_from(auto, net) == Sampling(PLAN_TEMPERATURE)
+    assert sampling_from(auto, net) == Sampling(PLAN_TEMPERATURE, beat_prior=PLAN_BEAT_PRIOR)
     assert sampling_from(OmegaConf.merge(auto, {"temperature": 0.9}), net).temperature == 0.9
     assert sampling_from(auto, None) == Sampling(AUTO_TEMPERATURE)
 

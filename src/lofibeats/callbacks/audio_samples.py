@@ -18,7 +18,7 @@ from lofibeats.audio.spectrogram import spectrogram_figure
 from lofibeats.generation.engine import check_sampling
 from lofibeats.generation.longform import generate_long
 from lofibeats.generation.stream import resolve_carry
-from lofibeats.models.decoding import auto_temperature, has_lookback
+from lofibeats.models.decoding import auto_beat_prior, auto_temperature, has_lookback
 from lofibeats.models.sampling import Sampling
 
 
@@ -26,7 +26,7 @@ class AudioSamples(pl.Callback):
     """Generate `seconds` after each of `n_primes` val primes; log audio + spectrogram; save wavs.
 
     `samples_dir` (the run's `samples/`) receives the latest takes as WAV files. `temperature`,
-    `top_p`, `decoding` and `loop` are the decoding knobs (conf/callbacks interpolates the
+    `top_p`, `decoding`, `loop` and `beat_prior` are the decoding knobs (conf/callbacks interpolates the
     top-level ones of conf/sampling, which generate.py and eval.py read too); "auto" resolves
     for the model being trained.
     """
@@ -40,13 +40,14 @@ class AudioSamples(pl.Callback):
         top_p: float | None = None,
         decoding: str = "sample",
         loop: float | str = 0.0,
+        beat_prior: float | str = "auto",
         seed: int = 0,
         samples_dir: str | Path | None = None,
     ):
         self.n_primes = n_primes
         self.prime_seconds = prime_seconds
         self.seconds = seconds
-        self.knobs = (temperature, top_p, decoding, loop)
+        self.knobs = (temperature, top_p, decoding, loop, beat_prior)
         Sampling.parse(*self.knobs, prefix="callbacks.audio_samples.")  # bad values stop here
         self.seed = seed
         self.samples_dir = Path(samples_dir) if samples_dir else None
@@ -93,6 +94,7 @@ class AudioSamples(pl.Callback):
             prefix=prefix,
             lookback=has_lookback(net),
             model_temperature=auto_temperature(net),
+            model_beat_prior=auto_beat_prior(net),
         )
         return check_sampling(net, sampling)
 

@@ -37,7 +37,6 @@ from torch.utils.data import DataLoader
 
 from lofibeats.cli import quiet_third_party
 from lofibeats.commands.inference import (
-    apply_beat_prior,
     carry_for,
     check_latent_keys,
     creativity_from,
@@ -251,7 +250,6 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     sampling = check_sampling(module.net, sampling_from(cfg, module.net))
     options = longform_options(cfg)
     check_latent_keys(cfg, module)
-    apply_beat_prior(cfg, module)
     creativity = creativity_from(cfg)
     if isinstance(module, VSeq2SeqModule) and creativity is not None:
         options["creativity"] = creativity

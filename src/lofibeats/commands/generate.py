@@ -19,7 +19,6 @@ from rich.table import Table
 from lofibeats.audio.spectrogram import save_spectrogram_png
 from lofibeats.cli import quiet_third_party
 from lofibeats.commands.inference import (
-    apply_beat_prior,
     carry_for,
     check_latent_keys,
     creativity_from,
@@ -95,7 +94,6 @@ def generate(cfg: DictConfig) -> list[dict[str, Any]]:
     sr = module.sample_rate
     options = longform_options(cfg)
     check_latent_keys(cfg, module)
-    apply_beat_prior(cfg, module)
     primes = build_primes(cfg, module, data_cfg, n, notes)
     prime_len = 0 if primes is None else primes.shape[1]
     if primes is not None and prime_len < module.context_len:

@@ -24,8 +24,7 @@ from lofibeats.generation.prime import data_config_for
 from lofibeats.generation.stream import resolve_carry
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
-from lofibeats.models.decoding import auto_temperature, has_lookback
-from lofibeats.models.plan import PlanModule
+from lofibeats.models.decoding import auto_beat_prior, auto_temperature, has_lookback
 from lofibeats.models.sampling import Sampling, is_auto
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.runs import resolve_checkpoint
@@ -82,15 +81,18 @@ def val_datamodule(module: LofiModule, data_cfg: Mapping[str, Any]) -> LofiDataM
 
 
 def sampling_from(cfg: DictConfig, net: object = None) -> Sampling:
-    """The decoding knobs (top-level `temperature`, `top_p`, `decoding`, `loop`), checked, with
-    "auto" resolved for `net` (None: as for a model without a lookback)."""
+    """The decoding knobs (top-level `temperature`, `top_p`, `decoding`, `loop`, `beat_prior`),
+    checked, with "auto" resolved for `net` (None: as for a model without a lookback or a
+    plan)."""
     return Sampling.parse(
         cfg.get("temperature"),
         cfg.get("top_p"),
         cfg.get("decoding"),
         cfg.get("loop"),
+        cfg.get("beat_prior"),
         lookback=has_lookback(net),
         model_temperature=auto_temperature(net),
+        model_beat_prior=auto_beat_prior(net),
     )
 
 
@@ -121,21 +123,6 @@ def check_latent_keys(cfg: DictConfig, module: LofiModule) -> None:
             f"{given[0]}: only vseq2seq models have a latent z; this checkpoint is a "
             f"{module.family} model (drop {given[0]})"
         )
-
-
-def apply_beat_prior(cfg: DictConfig, module: LofiModule) -> None:
-    """Set `beat_prior` (how hard a plan is pulled towards what its last beats played) on the
-    loaded plan; auto (or null) keeps the family's measured `PLAN_BEAT_PRIOR`. A ConfigError
-    for a number that is not >= 0, or a number for a family without a plan."""
-    value = cfg.get("beat_prior")
-    if value is None or is_auto(value):
-        return
-    if not isinstance(module, PlanModule):
-        raise ConfigError(
-            f"beat_prior: only plan models have a beat prior; this checkpoint is a "
-            f"{module.family} model (drop beat_prior)"
-        )
-    module.net.beat_prior = number(value, "beat_prior", low=0.0)
 
 
 def prime_seconds(cfg: DictConfig, module: LofiModule, shortest: float) -> float | None:

@@ -55,6 +55,7 @@ from lofibeats.models.decoding import (
     DecoderWeights,
     DecodeStart,
     PlannedNet,
+    auto_beat_prior,
     has_lookback,
 )
 from lofibeats.models.frame_tier import FrameSampler
@@ -291,11 +292,16 @@ def backend_for(
 
 def check_sampling(net: object, sampling: Sampling) -> Sampling:
     """`sampling`, or a ConfigError where it asks `net` for what it cannot do (`loop` without
-    a lookback), so commands can refuse before they start."""
+    a lookback, `beat_prior` without a plan), so commands can refuse before they start."""
     if sampling.looping and not has_lookback(net):
         raise ConfigError(
             f"loop={sampling.loop}: only a model with a lookback can loop what it recalls "
             "(train one with model.lookback, e.g. experiment=music_16k); use loop=0"
+        )
+    if sampling.beat_prior and auto_beat_prior(net) is None:
+        raise ConfigError(
+            f"beat_prior={sampling.beat_prior:g}: only plan models draw a plan to pull towards "
+            "the last beats; use beat_prior=auto or 0"
         )
     return sampling
 

@@ -32,7 +32,7 @@ from lofibeats.generation.prime import data_config_for
 from lofibeats.generation.style import clip_latent
 from lofibeats.models.base import LofiModule
 from lofibeats.models.checkpoint import module_from_checkpoint, read_checkpoint
-from lofibeats.models.decoding import has_lookback
+from lofibeats.models.decoding import auto_beat_prior, has_lookback
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 
 CLIP_SECONDS = 4.0  # a val clip as a style target: the first seconds of a val source
@@ -164,6 +164,11 @@ class LoadedModel:
     def lookback(self) -> bool:
         """Whether this model recalls where the music last repeated (the loop knob)."""
         return has_lookback(self.module.net)
+
+    @property
+    def plans(self) -> bool:
+        """Whether this model draws a beat plan (the beat prior knob)."""
+        return auto_beat_prior(self.module.net) is not None
 
     def _datamodule(self) -> LofiDataModule:
         """The val data (prepared on first use, as generate.py does); DataError if none."""

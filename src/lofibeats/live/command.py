@@ -57,21 +57,21 @@ def settings_from(cfg: DictConfig) -> LiveSettings:
     elif not is_loopback(host):
         token = secrets.token_urlsafe(16)
     sampling = Sampling.parse(
-        cfg.get("temperature"), cfg.get("top_p"), cfg.get("decoding"), cfg.get("loop")
+        cfg.get("temperature"),
+        cfg.get("top_p"),
+        cfg.get("decoding"),
+        cfg.get("loop"),
+        cfg.get("beat_prior"),
     )
     # "auto" stays "auto" until a take knows its model (the player resolves it per take)
     knobs: dict[str, Any] = {
         "temperature": AUTO if is_auto(cfg.get("temperature")) else sampling.temperature,
         "top_p": sampling.top_p,
         "loop": AUTO if is_auto(cfg.get("loop")) else sampling.loop,
+        "beat_prior": AUTO if is_auto(cfg.get("beat_prior")) else sampling.beat_prior,
     }
     if cfg.get("creativity") is not None:
         knobs["creativity"] = number(cfg.creativity, "creativity", low=0.0)
-    if cfg.get("beat_prior") is not None and not is_auto(cfg.beat_prior):
-        raise ConfigError(
-            "beat_prior: live.py plays every plan model at beat_prior=auto; give beat_prior "
-            "to generate.py or eval.py, or drop it"
-        )
     options = cfg.get("options") or {}
     seed = cfg.get("seed")
     player = PlayerSettings(

@@ -35,8 +35,8 @@ from lofibeats.generation.stream import Stream, StreamMark, carries_state, resol
 from lofibeats.generation.style import style_path
 from lofibeats.live.catalog import CheckpointInfo, LoadedModel, ModelCache, Uploads
 from lofibeats.live.protocol import pack_frame
-from lofibeats.models.decoding import auto_temperature
-from lofibeats.models.sampling import Sampling, needs_lookback
+from lofibeats.models.decoding import auto_beat_prior, auto_temperature
+from lofibeats.models.sampling import AUTO, Sampling, is_auto, needs_lookback
 from lofibeats.models.vseq2seq import VSeq2SeqModule
 from lofibeats.models.vseq2seq_net import DEFAULT_CREATIVITY
 
@@ -284,6 +284,12 @@ class Player:
                 f"loop={loop:g}: the {module.family} model has no lookback, so it plays as "
                 "trained (the loop knob is for models trained with model.lookback)"
             )
+        prior = self._knobs.get("beat_prior", AUTO)
+        if not is_auto(prior) and prior and not model.plans:
+            notes.append(
+                f"beat_prior={prior:g}: the {module.family} model draws no plan, so it plays "
+                "without one (the beat prior knob is for plan models)"
+            )
         carry = carry_for(settings.carry, model)
         if carry == "state" and not carries_state(module.net):
             carry = "window"
@@ -352,6 +358,7 @@ class Player:
             "knobs": self._knob_state(take.model),
             "latent": take.model.latent,
             "lookback": take.model.lookback,
+            "plan": take.model.plans,
             "style_targets": take.model.style_targets(self.uploads),
         }
 
@@ -360,21 +367,26 @@ class Player:
         state = {"temperature": sampling.temperature, "top_p": sampling.top_p}
         if model.lookback:
             state["loop"] = sampling.loop
+        if model.plans:
+            state["beat_prior"] = sampling.beat_prior
         if model.latent:
             state["creativity"] = self._knobs.get("creativity", DEFAULT_CREATIVITY)
             state["style"] = self._knobs.get("style")
         return state
 
     def _sampling(self, model: LoadedModel) -> Sampling:
-        """The knobs as a take of `model` decodes with them: "auto" resolved for it, and loop
-        only where it has a lookback (the stream refuses it elsewhere)."""
+        """The knobs as a take of `model` decodes with them: "auto" resolved for it, loop only
+        where it has a lookback and beat_prior only where it plans (the stream refuses them
+        elsewhere)."""
         return Sampling.parse(
             self._knobs.get("temperature", 1.0),
             self._knobs.get("top_p"),
             self.settings.decoding,
             self._knobs.get("loop", 0.0) if model.lookback else 0.0,
+            self._knobs.get("beat_prior", AUTO) if model.plans else 0.0,
             lookback=model.lookback,
             model_temperature=auto_temperature(model.module.net),
+            model_beat_prior=auto_beat_prior(model.module.net),
         )
 
     @staticmethod
@@ -392,6 +404,12 @@ class Player:
             refused["loop"] = (
                 f"loop={knobs['loop']:g}: only a model with a lookback can loop what it "
                 f"recalls; this take's {family} model has none"
+            )
+        prior = knobs.get("beat_prior", 0.0)
+        if prior and not model.plans:
+            refused["beat_prior"] = (
+                f"beat_prior={prior:g}: only plan models draw a plan to pull towards the last "
+                f"beats; this take's {family} model has none"
             )
         return refused
 

@@ -41,10 +41,11 @@ from lofibeats.validate import number
 VERSION = 1
 HEADER = struct.Struct("<IId")
 CLIENT_TYPES = ("start", "set", "new_take", "played", "pause", "resume", "ping")
-KNOBS = ("temperature", "top_p", "loop", "creativity", "style")
+KNOBS = ("temperature", "top_p", "loop", "beat_prior", "creativity", "style")
 # the ranges the page's knobs cover; beyond them a model only makes noise or silence
 TEMPERATURE_MAX = 2.0
 CREATIVITY_MAX = 4.0
+BEAT_PRIOR_MAX = 100.0  # far past where a plan's codes become a one-beat loop (README)
 STYLE_KINDS = ("prime", "random", "val:<n>", "upload:<id>")
 
 
@@ -96,10 +97,11 @@ def check_knobs(message: dict[str, Any], *, allow: tuple[str, ...] = ()) -> dict
     """The knobs of a `set` / `start` message, checked: {name: value} for those present.
 
     temperature: 0..TEMPERATURE_MAX (0 = greedy); top_p: null (off) or (0, 1]; loop: 0..1
-    (lookback models: the least share of each draw on the recalled sample); creativity:
+    (lookback models: the least share of each draw on the recalled sample); beat_prior:
+    0..BEAT_PRIOR_MAX (plan models: the pull towards what the last beats played); creativity:
     0..CREATIVITY_MAX; style: "prime" (the prime's own z), "random", "val:<n>" or
     "upload:<id>" (whether it names a clip that exists is for the catalog to say; whether
-    the model has a lookback or a latent z, for the player). Keys other than `type`, the
+    the model has a lookback, a plan or a latent z, for the player). Keys other than `type`, the
     knobs and `allow` are an error naming them.
     """
     unknown = sorted(set(message) - {"type", *KNOBS, *allow})
@@ -120,6 +122,10 @@ def check_knobs(message: dict[str, Any], *, allow: tuple[str, ...] = ()) -> dict
             )
         if "loop" in message:
             knobs["loop"] = number(message["loop"], "loop", low=0.0, high=1.0)
+        if "beat_prior" in message:
+            knobs["beat_prior"] = number(
+                message["beat_prior"], "beat_prior", low=0.0, high=BEAT_PRIOR_MAX
+            )
         if "creativity" in message:
             knobs["creativity"] = number(
                 message["creativity"], "creativity", low=0.0, high=CREATIVITY_MAX

@@ -141,6 +141,12 @@ def auto_temperature(net: object) -> float | None:
     return getattr(net, "auto_temperature", None)
 
 
+def auto_beat_prior(net: object) -> float | None:
+    """What `beat_prior=auto` gives a take of `net`: its family's measured pull towards the last
+    beats (a `auto_beat_prior` attribute: the plan's), or None (no plan to pull)."""
+    return getattr(net, "auto_beat_prior", None)
+
+
 @runtime_checkable
 class OnePassNet(Protocol):
     """A family that continues audio without a decode loop (the GAN's generator)."""

@@ -11,7 +11,7 @@ So this family generates in two stages, every `hop` samples (16 ms):
    predicts the next code from the codes `near` frames back and 1..`beats` periods back (and a
    frame either side of one period back): what the last bars did at this point of the beat is an
    input, not something to find. At generation each draw is also pulled towards the frames at
-   this point of the last `beats` beats (`beat_distance`, weighted by `beat_prior`): the MLP
+   this point of the last `beats` beats (`beat_distance`, weighted by the `beat_prior` knob): the MLP
    alone, on a track it never heard, writes codes whose onsets keep half the prime's periodicity
    and drift off its grid (DESIGN.md, "A beat prior at generation").
 2. **Render.** By default (`render="grains"`, `lofibeats.models.grains`) each planned frame
@@ -271,6 +271,8 @@ class PlanNet(nn.Module):
 
     #: what `temperature=auto` draws the plan at (README, "Plan, then render": measured)
     auto_temperature = PLAN_TEMPERATURE
+    #: what `beat_prior=auto` pulls its codes with (README, "A beat prior": measured)
+    auto_beat_prior = PLAN_BEAT_PRIOR
 
     def __init__(
         self,
@@ -295,10 +297,6 @@ class PlanNet(nn.Module):
     ) -> None:
         super().__init__()
         self.hop, self.period_min, self.period_max = hop, period_min, period_max
-        #: how hard each drawn code is pulled to the last beats' frames (`beat_distance`), in
-        #: units of the codebook's spread: a logit penalty of beat_prior per typical distance.
-        #: A decoding knob, not a weight: generate.py's `beat_prior=` sets it
-        self.beat_prior = PLAN_BEAT_PRIOR
         self.frames = LogMel(sr, hop, n_mels)
         self.codebook = Codebook(codes, n_mels)
         self.plan = BeatPlan(codes, near, beats, plan_width, plan_hidden, plan_layers, plan_dropout)
@@ -431,7 +429,8 @@ class PlanNet(nn.Module):
         back = self.plan.offsets(period)
         rows = torch.arange(len(codes), device=codes.device)[:, None]
         centroids = self.codebook.centroids
-        pull = self.beat_prior / code_spread(centroids) if self.beat_prior else None
+        # sampling.beat_prior: a logit penalty per typical squared distance between two codes
+        pull = sampling.beat_prior / code_spread(centroids) if sampling.beat_prior else None
         for _ in range(count):
             logits = self.plan(codes[rows, codes.shape[1] - back])
             if pull is not None:

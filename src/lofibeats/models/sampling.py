@@ -37,6 +37,7 @@ class Sampling(NamedTuple):
     top_p: float | None = None  # nucleus threshold in (0, 1] (mu-law only), None = off
     decoding: str = "sample"  # sample | greedy (argmax / the regression mean)
     loop: float = 0.0  # lookback models: the least share of each draw on the recalled sample
+    beat_prior: float = 0.0  # plan models: each code's pull towards what the last beats played
 
     @property
     def looping(self) -> bool:
@@ -55,14 +56,17 @@ class Sampling(NamedTuple):
         top_p: Any = None,
         decoding: Any = "sample",
         loop: Any = 0.0,
+        beat_prior: Any = "auto",
         prefix: str = "",
         lookback: bool = False,
         model_temperature: float | None = None,
+        model_beat_prior: float | None = None,
     ) -> Sampling:
         """Checked knobs; an error names `<prefix>temperature` etc. and what to give (None:
         the default). "auto" resolves for the model: `loop` is `AUTO_LOOP` where it has a
         `lookback`, else 0; `temperature` is `AUTO_LOOP_TEMPERATURE` where the take loops, else
-        the model's own `model_temperature` where it has one, else `AUTO_TEMPERATURE`."""
+        the model's own `model_temperature` where it has one, else `AUTO_TEMPERATURE`;
+        `beat_prior` (auto or None) the model's own `model_beat_prior`, else 0."""
         if is_auto(loop):
             loop_value = AUTO_LOOP if lookback else 0.0
         else:
@@ -77,6 +81,9 @@ class Sampling(NamedTuple):
             else number(top_p, f"{prefix}top_p", low=0.0, high=1.0, low_open=True),
             decoding=choice(decoding, DECODINGS, f"{prefix}decoding"),
             loop=loop_value,
+            beat_prior=model_beat_prior or 0.0
+            if beat_prior is None or is_auto(beat_prior)
+            else _auto_or_number(beat_prior, f"{prefix}beat_prior"),
         )
 
 

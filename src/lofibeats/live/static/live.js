@@ -232,6 +232,7 @@ function knobValues() {
   const topP = Number($("top-p").value);
   const knobs = { temperature: Number($("temperature").value), top_p: topP >= 1 ? null : topP };
   if (lofi.take && lofi.take.lookback) knobs.loop = Number($("loop").value);
+  if (lofi.take && lofi.take.plan) knobs.beat_prior = Number($("beat-prior").value);
   if (lofi.take && lofi.take.latent) knobs.creativity = Number($("creativity").value);
   return knobs;
 }
@@ -268,16 +269,19 @@ const FORMATS = {
   temperature: (v) => v.toFixed(2),
   "top-p": (v) => (v >= 1 ? "off" : v.toFixed(2)),
   loop: (v) => v.toFixed(2),
+  "beat-prior": (v) => v.toFixed(0),
   creativity: (v) => v.toFixed(2),
 };
 slider("temperature", FORMATS.temperature, (v) => ({ temperature: v }));
 slider("top-p", FORMATS["top-p"], (v) => ({ top_p: v >= 1 ? null : v }));
 slider("loop", FORMATS.loop, (v) => ({ loop: v }));
+slider("beat-prior", FORMATS["beat-prior"], (v) => ({ beat_prior: v }));
 slider("creativity", FORMATS.creativity, (v) => ({ creativity: v }));
 
 function showKnobs(knobs) {
   const values = { temperature: knobs.temperature, "top-p": knobs.top_p == null ? 1 : knobs.top_p };
   if (knobs.loop != null) values.loop = knobs.loop;
+  if (knobs.beat_prior != null) values["beat-prior"] = knobs.beat_prior;
   if (knobs.creativity != null) values.creativity = knobs.creativity;
   for (const [id, value] of Object.entries(values)) {
     $(id).value = String(value);
@@ -321,6 +325,7 @@ function showTake(m) {
   const latent = m.latent;
   for (const el of document.querySelectorAll(".latent")) el.hidden = !latent;
   for (const el of document.querySelectorAll(".lookback")) el.hidden = !m.lookback;
+  for (const el of document.querySelectorAll(".plan")) el.hidden = !m.plan;
   $("top-p").disabled = m.head !== "mulaw";
   if (latent) {
     const style = $("style");
