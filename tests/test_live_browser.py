@@ -150,44 +150,34 @@ def test_the_page_plays_hears_a_knob_and_gives_each_tab_its_own_take(server) -> 
     assert _eventually(lambda: not workers[takes[main][0]].is_alive())
 
 
-def test_the_loop_slider_shows_for_a_lookback_model_and_reaches_its_stream(runs) -> None:
-    """A lookback take shows the loop slider at the command line's value (and no latent
-    knobs); a key press on it goes into the take's Sampling."""
+@pytest.mark.parametrize(
+    ("kind", "knobs", "slider", "shown", "hidden", "key", "field", "value", "text"),
+    [
+        ("lookback", {"loop": 0.25}, "loop", "0.25", "creativity", "END", "loop", 1.0, "1.00"),
+        ("plan", {}, "beat-prior", "15", "loop", "HOME", "beat_prior", 0.0, "0"),
+    ],
+)
+def test_a_family_slider_shows_for_its_model_and_reaches_its_stream(
+    runs, kind, knobs, slider, shown, hidden, key, field, value, text
+) -> None:
+    """A lookback take shows the loop slider at the command line's value, a plan take the beat
+    slider at `auto`'s (15), and neither the other family's knobs; a key press on the slider
+    goes into the take's Sampling."""
     from selenium.webdriver.common.keys import Keys
 
     root, ckpts = runs
-    live = settings(root, default_ckpt=ckpts["lookback"], prime="none")
-    live = dataclasses.replace(live, knobs={**live.knobs, "loop": 0.25})
+    live = settings(root, default_ckpt=ckpts[kind], prime="none")
+    live = dataclasses.replace(live, knobs={**live.knobs, **knobs})
     with ServerThread(live, shelf(root), preload=True) as server, chromium() as driver:
         press_play(driver, server.url)
-        loop = driver.find_element("id", "loop")
-        assert loop.is_displayed() and loop.get_attribute("value") == "0.25"
-        assert driver.find_element("id", "loop-value").text == "0.25"
-        assert not driver.find_element("id", "creativity").is_displayed()
-        loop.send_keys(Keys.END)
+        knob = driver.find_element("id", slider)
+        assert _eventually(knob.is_displayed)
+        assert driver.find_element("id", f"{slider}-value").text == shown
+        assert not driver.find_element("id", hidden).is_displayed()
+        knob.send_keys(getattr(Keys, key))
         (session,) = server.live.sessions.values()
-        assert _eventually(lambda: session.player._take.stream.sampling.loop == 1.0)
-        assert driver.find_element("id", "loop-value").text == "1.00"
-        assert state(driver)["errors"] == []
-
-
-def test_the_beat_slider_shows_for_a_plan_model_and_reaches_its_stream(runs) -> None:
-    """A plan take shows the beat slider at `auto`'s value (15) and no loop slider; a key press
-    on it goes into the take's Sampling."""
-    from selenium.webdriver.common.keys import Keys
-
-    root, ckpts = runs
-    live = settings(root, default_ckpt=ckpts["plan"], prime="none")
-    with ServerThread(live, shelf(root), preload=True) as server, chromium() as driver:
-        press_play(driver, server.url)
-        beat = driver.find_element("id", "beat-prior")
-        assert _eventually(lambda: beat.is_displayed())
-        assert driver.find_element("id", "beat-prior-value").text == "15"
-        assert not driver.find_element("id", "loop").is_displayed()
-        beat.send_keys(Keys.HOME)
-        (session,) = server.live.sessions.values()
-        assert _eventually(lambda: session.player._take.stream.sampling.beat_prior == 0.0)
-        assert driver.find_element("id", "beat-prior-value").text == "0"
+        assert _eventually(lambda: getattr(session.player._take.stream.sampling, field) == value)
+        assert driver.find_element("id", f"{slider}-value").text == text
         assert state(driver)["errors"] == []
 
 
