@@ -26,9 +26,9 @@ class AudioSamples(pl.Callback):
     """Generate `seconds` after each of `n_primes` val primes; log audio + spectrogram; save wavs.
 
     `samples_dir` (the run's `samples/`) receives the latest takes as WAV files. `temperature`,
-    `top_p`, `decoding`, `loop` and `beat_prior` are the decoding knobs (conf/callbacks interpolates the
-    top-level ones of conf/sampling, which generate.py and eval.py read too); "auto" resolves
-    for the model being trained.
+    `top_p`, `decoding`, `loop` and `beat_prior` are the decoding knobs (conf/callbacks
+    interpolates the top-level ones of conf/sampling, which generate.py and eval.py read too);
+    "auto" resolves for the model being trained.
     """
 
     def __init__(

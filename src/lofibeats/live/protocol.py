@@ -101,8 +101,8 @@ def check_knobs(message: dict[str, Any], *, allow: tuple[str, ...] = ()) -> dict
     0..BEAT_PRIOR_MAX (plan models: the pull towards what the last beats played); creativity:
     0..CREATIVITY_MAX; style: "prime" (the prime's own z), "random", "val:<n>" or
     "upload:<id>" (whether it names a clip that exists is for the catalog to say; whether
-    the model has a lookback, a plan or a latent z, for the player). Keys other than `type`, the
-    knobs and `allow` are an error naming them.
+    the model has a lookback, a plan or a latent z, for the player). Keys other than `type`,
+    the knobs and `allow` are an error naming them.
     """
     unknown = sorted(set(message) - {"type", *KNOBS, *allow})
     if unknown:

@@ -11,9 +11,9 @@ So this family generates in two stages, every `hop` samples (16 ms):
    predicts the next code from the codes `near` frames back and 1..`beats` periods back (and a
    frame either side of one period back): what the last bars did at this point of the beat is an
    input, not something to find. At generation each draw is also pulled towards the frames at
-   this point of the last `beats` beats (`beat_distance`, weighted by the `beat_prior` knob): the MLP
-   alone, on a track it never heard, writes codes whose onsets keep half the prime's periodicity
-   and drift off its grid (DESIGN.md, "A beat prior at generation").
+   this point of the last `beats` beats (`beat_distance`, weighted by the `beat_prior` knob):
+   the MLP alone, on a track it never heard, writes codes whose onsets keep half the prime's
+   periodicity and drift off its grid (DESIGN.md, "A beat prior at generation").
 2. **Render.** By default (`render="grains"`, `lofibeats.models.grains`) each planned frame
    plays a real training grain of its code, overlap-added: a code says what its 16 ms sound
    like, and real grains keep the music's tone where a sample-level model trained for a CPU-hour

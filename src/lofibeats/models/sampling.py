@@ -71,6 +71,10 @@ class Sampling(NamedTuple):
             loop_value = AUTO_LOOP if lookback else 0.0
         else:
             loop_value = 0.0 if loop is None else _auto_or_number(loop, f"{prefix}loop", high=1.0)
+        if beat_prior is None or is_auto(beat_prior):
+            prior = model_beat_prior or 0.0
+        else:
+            prior = _auto_or_number(beat_prior, f"{prefix}beat_prior")
         if is_auto(temperature):
             plain = AUTO_TEMPERATURE if model_temperature is None else model_temperature
             temperature = AUTO_LOOP_TEMPERATURE if loop_value > 0 else plain
@@ -81,9 +85,7 @@ class Sampling(NamedTuple):
             else number(top_p, f"{prefix}top_p", low=0.0, high=1.0, low_open=True),
             decoding=choice(decoding, DECODINGS, f"{prefix}decoding"),
             loop=loop_value,
-            beat_prior=model_beat_prior or 0.0
-            if beat_prior is None or is_auto(beat_prior)
-            else _auto_or_number(beat_prior, f"{prefix}beat_prior"),
+            beat_prior=prior,
         )
 
 
